@@ -1,0 +1,3 @@
+"""The bus: messages, subjects, the connection, handoffs and the stream protocol."""
+
+__all__: list[str] = []

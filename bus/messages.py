@@ -1,0 +1,362 @@
+"""Every message that crosses the bus, as msgspec Structs.
+
+Payloads are JSON, so a tap or a client in any language can read them. New fields
+always get defaults; ``UNSET`` keeps "not given" apart from ``None`` so adapters
+forward only what the caller set.
+
+Families and their decoders (each built once):
+
+- ``ChatRequest``: what a client publishes on ``omni.v1.request``.
+- ``CallEnvelope``: what travels between actors (plan and call subjects).
+- ``Frame`` union (``Start | Delta | Heartbeat | Reset | Done | Error``): what a
+  client reads from its reply inbox. After ``Done`` or ``Error`` comes one empty
+  message, the end-of-stream sentinel.
+- ``HandoffReply`` union (``Accepted | Busy``): a receiver's immediate answer to a hop.
+- ``Failure``: an error as data, for handoff and admin replies.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+__all__ = [
+    "END_OF_STREAM",
+    "UNSET",
+    "Accepted",
+    "Busy",
+    "CallEnvelope",
+    "Candidate",
+    "ChatRequest",
+    "Classified",
+    "ContentPart",
+    "Delta",
+    "Done",
+    "Error",
+    "Failure",
+    "Frame",
+    "FunctionCall",
+    "FunctionDef",
+    "HandoffReply",
+    "Heartbeat",
+    "ImagePart",
+    "ImageUrl",
+    "Message",
+    "Metadata",
+    "Reset",
+    "Route",
+    "Start",
+    "TextPart",
+    "TokenUsage",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "UnsetType",
+    "Usage",
+    "decode_envelope",
+    "decode_frame",
+    "decode_handoff_reply",
+    "decode_request",
+    "encode",
+]
+
+END_OF_STREAM: Final = b""
+"""The empty message that follows ``Done`` or ``Error`` on a client's inbox."""
+
+Tier = Literal["simple", "medium", "complex", "reasoning"]
+TIERS: Final[tuple[Tier, ...]] = ("simple", "medium", "complex", "reasoning")
+Need = Literal["vision", "tools", "long_context"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+# --- chat request -----------------------------------------------------------------
+
+
+class ImageUrl(Struct, omit_defaults=True):
+    url: str
+    detail: str | UnsetType = UNSET
+
+
+class TextPart(Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class ImagePart(Struct, tag="image_url", tag_field="type"):
+    image_url: ImageUrl
+
+
+ContentPart = TextPart | ImagePart
+
+
+class FunctionCall(Struct):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(Struct):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
+class Message(Struct, omit_defaults=True):
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | UnsetType = UNSET
+    tool_calls: list[ToolCall] | UnsetType = UNSET
+    tool_call_id: str | UnsetType = UNSET
+
+    def text(self) -> str:
+        """The message's text parts joined; images contribute nothing."""
+        if isinstance(self.content, str):
+            return self.content
+        if not self.content:
+            return ""
+        return "\n".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def has_image(self) -> bool:
+        return isinstance(self.content, list) and any(
+            isinstance(p, ImagePart) for p in self.content
+        )
+
+
+class FunctionDef(Struct, omit_defaults=True):
+    name: str
+    description: str | UnsetType = UNSET
+    parameters: dict[str, Any] | UnsetType = UNSET
+
+
+class Tool(Struct):
+    function: FunctionDef
+    type: Literal["function"] = "function"
+
+
+class Metadata(Struct, omit_defaults=True):
+    user: str | UnsetType = UNSET
+    session: str | UnsetType = UNSET
+    tags: list[str] = []
+
+
+class Route(Struct, omit_defaults=True):
+    """Per-request routing constraints; patterns are ``provider/*`` or ``provider/model``."""
+
+    allow: list[str] = []
+    deny: list[str] = []
+    max_cost_usd: float | UnsetType = UNSET
+    strategy: Literal["cost", "latency", "priority"] | UnsetType = UNSET
+
+
+class ChatRequest(Struct, omit_defaults=True):
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    model: str = "auto"
+    tools: list[Tool] | UnsetType = UNSET
+    tool_choice: str | dict[str, Any] | UnsetType = UNSET
+    temperature: Annotated[float, Meta(ge=0, le=2)] | UnsetType = UNSET
+    max_tokens: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    stop: str | list[str] | UnsetType = UNSET
+    metadata: Metadata | UnsetType = UNSET
+    route: Route | UnsetType = UNSET
+    idempotency_key: str | UnsetType = UNSET
+    timeout_s: Annotated[float, Meta(gt=0)] | UnsetType = UNSET
+
+    def last_user_text(self) -> str:
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.text()
+        return ""
+
+
+# --- routing decisions ---------------------------------------------------------------
+
+
+class Classified(Struct, omit_defaults=True):
+    tier: Tier
+    needs: list[Need] = []
+    input_tokens: int = 0
+    output_tokens: int = 0
+    confidence: float = 1.0
+    reasons: list[str] = []
+
+
+class Candidate(Struct):
+    provider: str
+    model: str
+    est_cost_usd: float = 0.0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+class Failure(Struct, omit_defaults=True):
+    """An error as data: a code a program can match and a message a person can read."""
+
+    code: str
+    message: str
+    retryable: bool = False
+    retry_after: float | None = None
+    provider: str | None = None
+
+
+class CallEnvelope(Struct, omit_defaults=True):
+    """What travels from actor to actor; the client's reply subject rides inside it."""
+
+    rid: str
+    request: ChatRequest
+    reply: str
+    deadline: float
+    """Unix time after which nobody works on this request any more."""
+    classified: Classified | None = None
+    candidates: list[Candidate] = []
+    index: int = 0
+    """Position in ``candidates`` of the candidate this envelope is addressed to."""
+    attempt: int = 0
+    """Incremented on every handoff to a caller; frames carry it for fencing."""
+    partial: str = ""
+    failures: list[Failure] = []
+    created_at: float = 0.0
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.candidates[self.index]
+
+
+# --- handoff -------------------------------------------------------------------------
+
+
+class Accepted(Struct, tag="accepted", tag_field="type"):
+    pass
+
+
+class Busy(Struct, tag="busy", tag_field="type"):
+    reason: str = "worker pool full"
+
+
+HandoffReply = Accepted | Busy
+
+
+# --- stream frames -------------------------------------------------------------------
+
+
+class TokenUsage(Struct, omit_defaults=True):
+    """Tokens as the provider reported them, normalised: ``input_tokens`` includes cached."""
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class ToolCallDelta(Struct, omit_defaults=True):
+    """A fragment of a streamed tool call; fragments with the same index concatenate."""
+
+    index: int
+    id: str | UnsetType = UNSET
+    name: str | UnsetType = UNSET
+    arguments: str = ""
+
+
+class Start(Struct, tag="start", tag_field="type"):
+    rid: str
+    attempt: int
+    seq: int
+    provider: str
+    model: str
+
+
+class Delta(Struct, tag="delta", tag_field="type", omit_defaults=True):
+    rid: str
+    attempt: int
+    seq: int
+    text: str = ""
+    tool_calls: list[ToolCallDelta] = []
+
+
+class Heartbeat(Struct, tag="heartbeat", tag_field="type"):
+    rid: str
+    attempt: int
+    seq: int
+
+
+class Reset(Struct, tag="reset", tag_field="type"):
+    rid: str
+    attempt: int
+    seq: int
+    reason: str
+
+
+class Done(Struct, tag="done", tag_field="type", omit_defaults=True):
+    rid: str
+    attempt: int
+    seq: int
+    finish_reason: str
+    provider: str
+    model: str
+    usage: TokenUsage = msgspec.field(default_factory=TokenUsage)
+    cost_usd: float = 0.0
+    attempts: int = 1
+    ttft_ms: float | None = None
+
+
+class Error(Struct, tag="error", tag_field="type", omit_defaults=True):
+    rid: str
+    attempt: int
+    seq: int
+    code: str
+    message: str
+    retryable: bool = False
+    provider: str | None = None
+
+
+Frame = Start | Delta | Heartbeat | Reset | Done | Error
+
+
+# --- ledger event --------------------------------------------------------------------
+
+
+class Usage(Struct, omit_defaults=True):
+    """One attempt's usage, for the ledger. Failed attempts are never billed as completions."""
+
+    rid: str
+    attempt: int
+    provider: str
+    model: str
+    outcome: Literal["ok", "error"]
+    tier: str = ""
+    key: str = ""
+    tokens: TokenUsage = msgspec.field(default_factory=TokenUsage)
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+
+
+# --- codecs --------------------------------------------------------------------------
+
+_encoder: Final = msgspec.json.Encoder()
+_request_decoder: Final = msgspec.json.Decoder(ChatRequest)
+_envelope_decoder: Final = msgspec.json.Decoder(CallEnvelope)
+_frame_decoder: Final = msgspec.json.Decoder(Frame)
+_handoff_decoder: Final = msgspec.json.Decoder(HandoffReply)
+
+
+def encode(message: Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_request(data: bytes) -> ChatRequest:
+    return _request_decoder.decode(data)
+
+
+def decode_envelope(data: bytes) -> CallEnvelope:
+    return _envelope_decoder.decode(data)
+
+
+def decode_frame(data: bytes) -> Frame:
+    return _frame_decoder.decode(data)
+
+
+def decode_handoff_reply(data: bytes) -> HandoffReply:
+    return _handoff_decoder.decode(data)

@@ -1,0 +1,3 @@
+"""Providers: wire-format families (pure translation), the provider registry and the model catalog."""
+
+__all__: list[str] = []

@@ -355,8 +355,10 @@ def decode_envelope(data: bytes) -> CallEnvelope:
 
 
 def decode_frame(data: bytes) -> Frame:
-    return _frame_decoder.decode(data)
+    frame: Frame = _frame_decoder.decode(data)
+    return frame
 
 
 def decode_handoff_reply(data: bytes) -> HandoffReply:
-    return _handoff_decoder.decode(data)
+    reply: HandoffReply = _handoff_decoder.decode(data)
+    return reply

@@ -1,0 +1,203 @@
+"""The token-stream protocol, both sides.
+
+A stream is a sequence of frames published to the client's reply subject, then
+one empty message. Every frame carries ``rid``, ``attempt`` and ``seq``; ``seq``
+starts at 0 for each attempt. The receiver:
+
+- drops frames of an attempt older than the newest it has seen (a superseded caller);
+- treats a ``seq`` gap as an error, never as text (a dropped frame is a hole);
+- applies a first-frame timeout, a stall timeout between frames and a total deadline;
+- treats a 503 status in place of a frame as "no router is running".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Final
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+from nats.aio.msg import Msg
+
+from omnillm.bus import subjects
+from omnillm.bus.connection import RID_HEADER, Bus
+from omnillm.bus.messages import (
+    END_OF_STREAM,
+    Delta,
+    Done,
+    Error,
+    Failure,
+    Frame,
+    Heartbeat,
+    Start,
+    TokenUsage,
+    ToolCallDelta,
+    decode_frame,
+    encode,
+)
+from omnillm.errors import (
+    DeadlineExceeded,
+    FirstFrameTimeout,
+    NoRouter,
+    StreamGap,
+    StreamStalled,
+)
+
+__all__ = ["FrameSequencer", "StreamSender", "read_frames", "send_failure"]
+
+NO_RESPONDERS: Final = "503"
+
+
+class StreamSender:
+    """Publishes one attempt's frames to a client, numbering them."""
+
+    def __init__(self, bus: Bus, reply: str, rid: str, attempt: int) -> None:
+        self._bus = bus
+        self._reply = reply
+        self._rid = rid
+        self._attempt = attempt
+        self._headers = {RID_HEADER: rid}
+        self.seq = 0
+        self.closed = False
+
+    async def _send(self, frame: Frame) -> None:
+        self.seq += 1
+        await self._bus.publish(self._reply, encode(frame), headers=self._headers)
+
+    async def start(self, provider: str, model: str) -> None:
+        await self._send(Start(self._rid, self._attempt, self.seq, provider, model))
+
+    async def delta(self, text: str, tool_calls: list[ToolCallDelta] | None = None) -> None:
+        await self._send(
+            Delta(self._rid, self._attempt, self.seq, text=text, tool_calls=tool_calls or [])
+        )
+
+    async def heartbeat(self) -> None:
+        await self._send(Heartbeat(self._rid, self._attempt, self.seq))
+
+    async def done(
+        self,
+        *,
+        finish_reason: str,
+        provider: str,
+        model: str,
+        usage: TokenUsage,
+        cost_usd: float,
+        attempts: int,
+        ttft_ms: float | None,
+    ) -> None:
+        frame = Done(
+            self._rid,
+            self._attempt,
+            self.seq,
+            finish_reason=finish_reason,
+            provider=provider,
+            model=model,
+            usage=usage,
+            cost_usd=cost_usd,
+            attempts=attempts,
+            ttft_ms=ttft_ms,
+        )
+        await self._send(frame)
+        await self._end()
+
+    async def error(self, failure: Failure) -> None:
+        frame = Error(
+            self._rid,
+            self._attempt,
+            self.seq,
+            code=failure.code,
+            message=failure.message,
+            retryable=failure.retryable,
+            provider=failure.provider,
+        )
+        await self._send(frame)
+        await self._end()
+
+    async def _end(self) -> None:
+        # The sentinel carries no headers: a zero-length message is what releases
+        # cross-account response mappings too.
+        await self._bus.publish(self._reply, END_OF_STREAM)
+        self.closed = True
+
+
+async def send_failure(bus: Bus, reply: str, rid: str, attempt: int, failure: Failure) -> None:
+    """End a client's stream with one ``Error`` frame (used before any caller ran)."""
+    if reply:
+        await StreamSender(bus, reply, rid, attempt).error(failure)
+
+
+class FrameSequencer:
+    """Attempt fencing and gap detection, without I/O."""
+
+    def __init__(self) -> None:
+        self.attempt = -1
+        self.next_seq = 0
+
+    def admit(self, frame: Frame) -> bool:
+        """True if ``frame`` belongs in the stream; raise ``StreamGap`` on a hole."""
+        if frame.attempt < self.attempt:
+            return False
+        if frame.attempt > self.attempt:
+            self.attempt, self.next_seq = frame.attempt, 0
+        if frame.seq != self.next_seq:
+            raise StreamGap(
+                f"frame {self.next_seq} of attempt {frame.attempt} is missing "
+                f"(got {frame.seq}); the answer would have a hole"
+            )
+        self.next_seq += 1
+        return True
+
+
+async def read_frames(
+    messages: ObjectReceiveStream[Msg],
+    *,
+    first_frame_s: float,
+    stall_s: float,
+    deadline: float,
+) -> AsyncGenerator[Frame, None]:
+    """Yield a stream's frames in order until ``Done``/``Error`` or the sentinel.
+
+    ``deadline`` is a ``time.time()`` value. Heartbeats reset the stall timer and
+    are not yielded. The caller must close this generator (``aclosing``).
+    """
+    sequencer = FrameSequencer()
+    wait = first_frame_s
+    error_cls: type[FirstFrameTimeout | StreamStalled] = FirstFrameTimeout
+    while True:
+        msg = await _next_message(messages, wait, error_cls, deadline)
+        if msg.data == END_OF_STREAM and not msg.headers:
+            return
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            raise NoRouter(f"no router is running: nobody subscribes to {subjects.REQUEST}")
+        frame = decode_frame(msg.data)
+        if not sequencer.admit(frame):
+            continue
+        wait, error_cls = stall_s, StreamStalled
+        if not isinstance(frame, Heartbeat):
+            yield frame
+        if isinstance(frame, Done | Error):
+            return
+
+
+async def _next_message(
+    messages: ObjectReceiveStream[Msg],
+    wait: float,
+    error_cls: type[FirstFrameTimeout | StreamStalled],
+    deadline: float,
+) -> Msg:
+    remaining = deadline - time.time()
+    if remaining <= 0:
+        raise DeadlineExceeded("the request's deadline passed before the answer was complete")
+    budget = min(wait, remaining)
+    with anyio.move_on_after(budget):
+        try:
+            return await messages.receive()
+        except anyio.EndOfStream:
+            raise StreamGap("frames were dropped: the reader fell behind") from None
+    if budget == remaining:
+        raise DeadlineExceeded("the request's deadline passed before the answer was complete")
+    if error_cls is FirstFrameTimeout:
+        raise FirstFrameTimeout(f"no answer within {wait:g}s")
+    raise StreamStalled(f"the stream stalled: no frame for {wait:g}s")

@@ -1,3 +1,3 @@
-"""Providers: wire-format families (pure translation), the provider registry and the model catalog."""
+"""Providers: wire-format families (pure translation), the provider registry, the catalog."""
 
 __all__: list[str] = []

@@ -1,0 +1,20 @@
+"""Wire-format families by name: the only place a family name becomes code."""
+
+from __future__ import annotations
+
+from omnillm.errors import ConfigError
+from omnillm.providers import openai_chat
+from omnillm.providers.base import WireFamily
+
+__all__ = ["IMPLEMENTED", "family_for"]
+
+_FAMILIES: dict[str, WireFamily] = {"openai": openai_chat.FAMILY}
+IMPLEMENTED = frozenset(_FAMILIES)
+
+
+def family_for(name: str) -> WireFamily:
+    family = _FAMILIES.get(name)
+    if family is None:
+        available = ", ".join(sorted(_FAMILIES))
+        raise ConfigError(f"wire family {name!r} is not implemented yet (available: {available})")
+    return family

@@ -1,0 +1,85 @@
+"""A sans-IO Server-Sent Events decoder over raw bytes, shared by every wire family.
+
+Feed it whatever the network read returned; it hands back the events completed by
+those bytes and keeps the rest. The rules are the parts of the WHATWG SSE grammar
+that LLM providers exercise (see providers.md §0.2):
+
+- a line ends in ``\\n``, ``\\r\\n`` or ``\\r``, and a ``\\r\\n`` may be split across reads;
+- a blank line ends an event; an event with no ``data:`` line is dropped;
+- a line starting with ``:`` is a comment (keep-alives such as ``: OPENROUTER PROCESSING``);
+- ``data:`` lines are joined with ``\\n``; one space after the colon is dropped;
+- ``event:`` names the event; ``id:``, ``retry:`` and unknown fields are ignored.
+
+The work is done by ``bytes.splitlines`` and ``bytes.partition`` on whole buffers, so
+the Python-level cost is per line, never per byte, and data stays ``bytes``.
+"""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+__all__ = ["SSEDecoder", "SSEEvent"]
+
+
+class SSEEvent(Struct, frozen=True, gc=False):
+    event: str | None
+    """The ``event:`` field, or ``None`` when the event had none."""
+    data: bytes
+    """The event's ``data:`` lines joined with ``\\n``."""
+
+
+class SSEDecoder:
+    """Turns a byte stream into :class:`SSEEvent` values; one decoder per stream."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        """The start of a line whose terminator has not arrived yet."""
+        self._skip_lf = False
+        """The last read ended in ``\\r``: a ``\\n`` opening the next read belongs to it."""
+        self._event: str | None = None
+        self._data: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Decode the next bytes; return the events they completed, in order."""
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        buffer = self._tail + data if self._tail else data
+        if not buffer:
+            return []
+        lines = buffer.splitlines()
+        last = buffer[-1:]
+        if last == b"\r":
+            self._skip_lf = True
+        self._tail = b"" if last in (b"\n", b"\r") else lines.pop()
+        return self._lines(lines)
+
+    def close(self) -> list[SSEEvent]:
+        """The stream ended: treat an unterminated last line and event as complete."""
+        lines = [self._tail, b""] if self._tail else [b""]
+        self._tail = b""
+        self._skip_lf = False
+        return self._lines(lines)
+
+    def _lines(self, lines: list[bytes]) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        for line in lines:
+            if line:
+                self._field(line)
+                continue
+            if self._data:
+                events.append(SSEEvent(self._event, b"\n".join(self._data)))
+            self._event = None
+            self._data = []
+        return events
+
+    def _field(self, line: bytes) -> None:
+        # A comment line (":...") has an empty field name, so it falls through unread.
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")

@@ -1,0 +1,686 @@
+"""The user-facing config (DESIGN.md §11) and the resolved view the actors use.
+
+:func:`load_config` reads one YAML or JSON file (or none: every field has a default),
+applies the ``OMNI_*`` environment overrides and checks what types cannot say. Every
+problem is one :class:`~omnillm.errors.ConfigError` in the form a person can act on::
+
+    omnillm.yaml: models[0].price.input: expected a number, got a string
+
+:func:`resolve` turns a :class:`Config` into :class:`Settings`: the model catalog
+(built-in rows plus config rows) and the live providers, with their API keys taken
+from config or the environment. Keys never appear in a ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hints
+
+import msgspec
+from msgspec import Struct
+
+from omnillm.bus.messages import Tier
+from omnillm.bus.subjects import check_token
+from omnillm.errors import ConfigError
+from omnillm.providers.base import WireOptions
+from omnillm.providers.catalog import (
+    CAPABILITIES,
+    Catalog,
+    ModelSpec,
+    Price,
+    load_builtin_catalog,
+    split_model_id,
+)
+from omnillm.providers.registry import BUILTIN_PROVIDERS, Family, ProviderSpec, auth_headers
+
+__all__ = [
+    "CONFIG_FILES",
+    "LOG_LEVELS",
+    "AliasConfig",
+    "BreakerConfig",
+    "Config",
+    "EmbeddedNats",
+    "GatewayConfig",
+    "GatewayKey",
+    "LedgerConfig",
+    "LiveProvider",
+    "LogConfig",
+    "ModelConfig",
+    "NatsConfig",
+    "PriceConfig",
+    "ProviderConfig",
+    "ReliabilityConfig",
+    "RoutingConfig",
+    "Settings",
+    "load_config",
+    "resolve",
+]
+
+CONFIG_FILES: Final = ("omnillm.yaml", "omnillm.yml", "omnillm.json")
+"""Looked up in this order in the working directory when no path is given."""
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+NO_KEY: Final = "none"
+"""``api_key: none``: the provider takes no auth at all (a local server)."""
+
+Strategy = Literal["cost", "latency", "priority"]
+
+_MiB: Final = 1024 * 1024
+
+
+class _Section(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Shared options: a typo in a key is an error, not a silently ignored setting.
+
+    Subclasses repeat ``frozen=True``: msgspec inherits it, but type checkers do not.
+    """
+
+
+# --- the file's shape ------------------------------------------------------------------
+
+
+class EmbeddedNats(_Section, frozen=True):
+    port: int = 4222
+    """0 picks a free port."""
+    host: str = "127.0.0.1"
+    data_dir: str = ".omnillm/nats"
+
+
+class NatsConfig(_Section, frozen=True):
+    url: str | None = None
+    """Omitted: ``omni up`` starts the embedded server."""
+    embedded: EmbeddedNats = EmbeddedNats()
+    max_payload: int = 8 * _MiB
+
+
+class GatewayKey(_Section, frozen=True):
+    name: str
+    key_env: str | None = None
+    key: str | None = None
+    models: list[str] = []
+    daily_budget_usd: float | None = None
+
+    def __repr__(self) -> str:
+        key = "<set>" if self.key else None
+        return f"GatewayKey(name={self.name!r}, key_env={self.key_env!r}, key={key})"
+
+
+class GatewayConfig(_Section, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 4000
+    keys: list[GatewayKey] = []
+    """None: loopback only, no auth."""
+
+
+class ProviderConfig(_Section, frozen=True):
+    family: Family | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = {}
+    rpm: int | None = None
+    max_concurrency: int = 64
+    max_tokens_field: str | None = None
+    stream_usage: bool | None = None
+    enabled: bool = True
+
+    def __repr__(self) -> str:
+        plain = self.api_key is None or self.api_key.lower() == NO_KEY
+        key = repr(self.api_key) if plain else "<set>"
+        return (
+            f"ProviderConfig(family={self.family!r}, base_url={self.base_url!r}, "
+            f"api_key={key}, api_key_env={self.api_key_env!r}, "
+            f"headers={sorted(self.headers)}, enabled={self.enabled})"
+        )
+
+
+class PriceConfig(_Section, frozen=True):
+    """USD per million tokens."""
+
+    input: float = 0
+    output: float = 0
+    cached_input: float | None = None
+    cache_write: float | None = None
+
+
+class ModelConfig(_Section, frozen=True):
+    id: str
+    """``provider/model``."""
+    model: str | None = None
+    """The upstream name, when it differs from the id's tail."""
+    context_window: int = 128000
+    max_output: int = 4096
+    price: PriceConfig = PriceConfig()
+    capabilities: list[str] = []
+    tier: Tier = "medium"
+    fallbacks: list[str] = []
+
+
+class AliasConfig(_Section, frozen=True):
+    tier: Tier | None = None
+    models: list[str] = []
+    strategy: Strategy | None = None
+
+
+class RoutingConfig(_Section, frozen=True):
+    strategy: Strategy = "cost"
+    priority: list[str] = []
+    allow: list[str] = []
+    deny: list[str] = []
+    aliases: dict[str, AliasConfig | list[str]] = {}
+
+
+class BreakerConfig(_Section, frozen=True):
+    failures: int = 5
+    window_s: float = 30.0
+    cooldown_s: float = 15.0
+
+
+class ReliabilityConfig(_Section, frozen=True):
+    max_attempts: int = 3
+    connect_timeout_s: float = 5.0
+    ttft_timeout_s: float = 10.0
+    stall_timeout_s: float = 10.0
+    request_timeout_s: float = 120.0
+    retry_after_cap_s: float = 10.0
+    handoff_timeout_s: float = 0.5
+    max_request_bytes: int = 4 * _MiB
+    workers: int = 64
+    breaker: BreakerConfig = BreakerConfig()
+
+
+class LedgerConfig(_Section, frozen=True):
+    path: str = ".omnillm/ledger.sqlite"
+
+
+class LogConfig(_Section, frozen=True):
+    level: str = "info"
+
+
+class Config(_Section, frozen=True):
+    nats: NatsConfig = NatsConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    providers: dict[str, ProviderConfig] = {}
+    models: list[ModelConfig] = []
+    routing: RoutingConfig = RoutingConfig()
+    reliability: ReliabilityConfig = ReliabilityConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    log: LogConfig = LogConfig()
+    data_dir: str = ".omnillm"
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """Read ``path``, else the first of :data:`CONFIG_FILES` in ``cwd``, else defaults.
+
+    ``env`` (default ``os.environ``) supplies the ``OMNI_*`` overrides.
+    """
+    env = os.environ if env is None else env
+    file = Path(path) if path is not None else _find_config(cwd)
+    config = Config()
+    if file is not None:
+        config = _read(file)
+        _raise_first(_problems(config), label=str(file))
+    return _apply_env(config, env)
+
+
+def _find_config(cwd: Path | None) -> Path | None:
+    base = Path() if cwd is None else cwd
+    for name in CONFIG_FILES:
+        if (base / name).is_file():
+            return base / name
+    return None
+
+
+def _read(file: Path) -> Config:
+    label = str(file)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read: {exc.strerror}") from exc
+    raw = _parse(data, label, json=file.suffix.lower() == ".json")
+    if raw is None:  # an empty file
+        return Config()
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{label}: {_explain(exc, raw)}") from exc
+
+
+def _parse(data: bytes, label: str, *, json: bool) -> Any:
+    try:
+        return msgspec.json.decode(data) if json else msgspec.yaml.decode(data)
+    except msgspec.DecodeError as exc:
+        where = _json_where(data, str(exc)) if json else _yaml_where(str(exc))
+        raise ConfigError(f"{label}: {where}") from exc
+
+
+def _yaml_where(text: str) -> str:
+    """PyYAML's multi-line report -> ``line 3, column 2: invalid YAML: what (while ...)``."""
+    marks = re.findall(r"line (\d+), column (\d+)", text)
+    lines = [s.strip() for s in text.splitlines() if s.strip() and not s.startswith("  in ")]
+    problem = lines[-1] if lines else "invalid YAML"
+    context = f" ({lines[0]})" if len(lines) > 1 else ""
+    where = f"line {marks[-1][0]}, column {marks[-1][1]}: " if marks else ""
+    return f"{where}invalid YAML: {problem}{context}"
+
+
+def _json_where(data: bytes, text: str) -> str:
+    """msgspec's ``... (byte 42)`` -> ``line 3, column 7: invalid JSON: ...``."""
+    match = re.search(r"\s*\(byte (\d+)\)$", text)
+    problem = (text[: match.start()] if match else text).removeprefix("JSON is malformed: ")
+    if match is None:
+        return f"invalid JSON: {problem[:1].lower()}{problem[1:]}"
+    offset = int(match.group(1))
+    line = data.count(b"\n", 0, offset) + 1
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return f"line {line}, column {column}: invalid JSON: {problem}"
+
+
+# --- msgspec errors, in words --------------------------------------------------------
+
+_TYPE_WORDS: Final = {
+    "float": "a number",
+    "int": "an integer",
+    "str": "a string",
+    "bool": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+_AT: Final = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>.*)`)?$", re.DOTALL)
+_SEGMENT: Final = re.compile(r'\.([^.\[]+)|\[(\d+)\]|\["([^"]*)"\]')
+_PLAIN_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _explain(exc: msgspec.ValidationError, raw: Any) -> str:
+    """``Expected `float`, got `str` - at `$.a[0].b` `` -> ``a[0].b: expected a number, ...``."""
+    match = _AT.match(str(exc))
+    assert match is not None  # the pattern matches any text
+    what, path = match.group("what"), match.group("path") or ""
+    path = _name_keys(raw, path, str(exc))
+    what = _describe(what, path)
+    return f"{path.removeprefix('.')}: {what}" if path else what
+
+
+def _describe(what: str, path: str) -> str:
+    if m := re.fullmatch(r"Object contains unknown field `(.*)`", what):
+        return f"unknown key '{m.group(1)}'"
+    if m := re.fullmatch(r"Object missing required field `(.*)`", what):
+        return f"missing required key '{m.group(1)}'"
+    if m := re.fullmatch(r"Invalid enum value (.*)", what):
+        allowed = _literal_values(path)
+        return _one_of(allowed, m.group(1).strip("'")) if allowed else what
+    if m := re.fullmatch(r"Expected `(.*)`, got `(.*)`", what):
+        return f"expected {_words(m.group(1))}, got {_words(m.group(2))}"
+    return what[:1].lower() + what[1:]
+
+
+def _one_of(allowed: Iterable[object], got: str) -> str:
+    return f"expected one of {', '.join(repr(v) for v in allowed)}, got {got!r}"
+
+
+def _words(types: str) -> str:
+    return " or ".join(_TYPE_WORDS.get(t, t) for t in types.split(" | "))
+
+
+def _segments(path: str) -> list[str | int]:
+    """``.a[0]["b.c"]`` -> ``["a", 0, "b.c"]``: field or key names, and list indexes."""
+    return [int(i) if i else name or key for name, i, key in _SEGMENT.findall(path)]
+
+
+def _name_keys(raw: Any, path: str, message: str) -> str:
+    """msgspec writes a mapping's key as ``[...]``; find the real key and put it in.
+
+    The key is the first one whose entry alone reproduces the same error.
+    """
+    while "[...]" in path:
+        head, tail = path.split("[...]", 1)
+        try:
+            node = _walk(raw, _segments(head))
+        except (KeyError, IndexError, TypeError):
+            return path
+        keys = node if isinstance(node, dict) else ()
+        key = next((k for k in keys if _fails(_isolate(raw, _segments(head), k), message)), None)
+        if key is None:
+            return path
+        raw = _isolate(raw, _segments(head), key)
+        path = _key_path(head, str(key)) + tail
+    return path
+
+
+def _key_path(path: str, key: str) -> str:
+    """``providers`` + ``local`` -> ``providers.local``; a key with a dot gets quotes."""
+    return f"{path}.{key}" if _PLAIN_KEY.fullmatch(key) else f'{path}["{key}"]'
+
+
+def _walk(node: Any, segments: list[str | int]) -> Any:
+    for segment in segments:
+        node = node[segment]
+    return node
+
+
+def _isolate(node: Any, segments: list[str | int], key: Any) -> Any:
+    """A copy of ``node`` where the mapping at ``segments`` holds only ``key``."""
+    if not segments:
+        return {key: node[key]}
+    head, *rest = segments
+    inner = _isolate(node[head], rest, key)
+    if isinstance(node, list):
+        return [inner if i == head else item for i, item in enumerate(node)]
+    return {**node, head: inner}
+
+
+def _fails(raw: Any, message: str) -> bool:
+    try:
+        msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        return str(exc) == message
+    return False
+
+
+def _literal_values(path: str) -> tuple[Any, ...]:
+    """The allowed values of the ``Literal`` field at ``path`` in :class:`Config`, in order."""
+    hint: Any = Config
+    for segment in _segments(path):
+        hint = _step(hint, segment)
+    members = get_args(hint) if _is_union(hint) else (hint,)
+    return next((get_args(m) for m in members if get_origin(m) is Literal), ())
+
+
+def _step(hint: Any, segment: str | int) -> Any:
+    """The type one path segment down: a struct field, a list item, a mapping value."""
+    for member in get_args(hint) if _is_union(hint) else (hint,):
+        if isinstance(segment, str) and isinstance(member, type) and issubclass(member, Struct):
+            fields = get_type_hints(member)
+            if segment in fields:
+                return fields[segment]
+        if isinstance(segment, int) and get_origin(member) is list:
+            return get_args(member)[0]
+        if isinstance(segment, str) and get_origin(member) is dict:
+            return get_args(member)[1]
+    return Any
+
+
+def _is_union(hint: Any) -> bool:
+    return get_origin(hint) in (Union, UnionType)
+
+
+# --- checks types cannot express -----------------------------------------------------
+
+Problem = tuple[str, str]
+"""A key path and what is wrong there."""
+
+
+def _raise_first(problems: Iterator[Problem], *, label: str | None) -> None:
+    for path, what in problems:
+        raise ConfigError(f"{label}: {path}: {what}" if label else f"{path}: {what}")
+
+
+def _problems(config: Config) -> Iterator[Problem]:
+    yield from _port("nats.embedded.port", config.nats.embedded.port)
+    yield from _port("gateway.port", config.gateway.port)
+    yield from _gateway_keys(config.gateway)
+    yield from _providers(config.providers)
+    known = {m.id for m in load_builtin_catalog()} | {m.id for m in config.models}
+    for i, model in enumerate(config.models):
+        yield from _model(f"models[{i}]", model, config.providers, known)
+    for name, alias in config.routing.aliases.items():
+        entries = alias if isinstance(alias, list) else alias.models
+        where = _key_path("routing.aliases", name)
+        where += "" if isinstance(alias, list) else ".models"
+        yield from _known_models(where, entries, known)
+    yield from _positive("nats", config.nats)
+    yield from _positive("reliability", config.reliability)
+    yield from _positive("reliability.breaker", config.reliability.breaker)
+    if (level := _log_level(config.log.level)) is not None:
+        yield "log.level", level
+
+
+def _port(path: str, port: int) -> Iterator[Problem]:
+    if not 0 <= port <= 65535:
+        yield path, f"expected a port number (0-65535), got {port}"
+
+
+def _gateway_keys(gateway: GatewayConfig) -> Iterator[Problem]:
+    for i, key in enumerate(gateway.keys):
+        if key.key is None and key.key_env is None:
+            yield f"gateway.keys[{i}]", "expected 'key' or 'key_env'"
+
+
+def _providers(providers: Mapping[str, ProviderConfig]) -> Iterator[Problem]:
+    for name, provider in providers.items():
+        where = _key_path("providers", name)
+        try:
+            check_token(name)
+        except ValueError:
+            yield where, "expected a name of letters, digits, '-' or '_' (it becomes a subject)"
+            continue
+        builtin = BUILTIN_PROVIDERS.get(name)
+        if builtin is None:
+            for key in ("family", "base_url"):
+                if getattr(provider, key) is None:
+                    yield f"{where}.{key}", "required for a provider that is not built in"
+        elif builtin.requires_base_url and provider.base_url is None:
+            yield f"{where}.base_url", f"required for {name} (it has no public URL)"
+        if provider.rpm is not None and provider.rpm < 1:
+            yield f"{where}.rpm", f"expected 1 or more, got {provider.rpm}"
+        if provider.max_concurrency < 1:
+            yield f"{where}.max_concurrency", f"expected 1 or more, got {provider.max_concurrency}"
+
+
+def _model(
+    where: str, model: ModelConfig, providers: Mapping[str, ProviderConfig], known: set[str]
+) -> Iterator[Problem]:
+    try:
+        provider, _ = split_model_id(model.id)
+    except ValueError:
+        yield f"{where}.id", f"expected 'provider/model', got {model.id!r}"
+        return
+    if provider not in BUILTIN_PROVIDERS and provider not in providers:
+        yield f"{where}.id", f"unknown provider '{provider}' (declare it under providers:)"
+    for key in ("input", "output", "cached_input", "cache_write"):
+        price = getattr(model.price, key)
+        if price is not None and price < 0:
+            yield f"{where}.price.{key}", f"expected a price of 0 or more, got {price:g}"
+    for key in ("context_window", "max_output"):
+        if getattr(model, key) < 1:
+            yield f"{where}.{key}", f"expected 1 or more, got {getattr(model, key)}"
+    for i, capability in enumerate(model.capabilities):
+        if capability not in CAPABILITIES:
+            yield f"{where}.capabilities[{i}]", _one_of(CAPABILITIES, capability)
+    yield from _known_models(f"{where}.fallbacks", model.fallbacks, known)
+
+
+def _known_models(where: str, ids: list[str], known: set[str]) -> Iterator[Problem]:
+    for i, model_id in enumerate(ids):
+        if model_id not in known:
+            yield f"{where}[{i}]", f"unknown model '{model_id}' (not in the catalog or models:)"
+
+
+def _positive(where: str, section: Struct) -> Iterator[Problem]:
+    for key in section.__struct_fields__:
+        value = getattr(section, key)
+        if isinstance(value, int | float) and value <= 0:
+            yield f"{where}.{key}", f"expected a value above 0, got {value:g}"
+
+
+def _log_level(level: str) -> str | None:
+    """What is wrong with ``level``, or ``None``."""
+    return None if level.lower() in LOG_LEVELS else _one_of(LOG_LEVELS, level)
+
+
+# --- environment overrides -----------------------------------------------------------
+
+
+def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
+    replace = msgspec.structs.replace
+    if url := env.get("OMNI_NATS_URL"):
+        config = replace(config, nats=replace(config.nats, url=url))
+    if port := env.get("OMNI_GATEWAY_PORT"):
+        config = replace(config, gateway=replace(config.gateway, port=_env_port(port)))
+    if level := env.get("OMNI_LOG_LEVEL"):
+        if (problem := _log_level(level)) is not None:
+            raise ConfigError(f"OMNI_LOG_LEVEL: {problem}")
+        config = replace(config, log=LogConfig(level=level))
+    if data_dir := env.get("OMNI_DATA_DIR"):
+        config = replace(config, data_dir=data_dir)
+    return config
+
+
+def _env_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"OMNI_GATEWAY_PORT: expected an integer, got {text!r}") from None
+    for _, problem in _port("", port):
+        raise ConfigError(f"OMNI_GATEWAY_PORT: {problem}")
+    return port
+
+
+# --- the resolved view ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class LiveProvider:
+    """A provider requests can go to: its merged row, its key, its config."""
+
+    spec: ProviderSpec
+    api_key: str | None
+    config: ProviderConfig
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def missing_key(self) -> bool:
+        """It needs a key and has none: the caller reports this instead of calling."""
+        return self.api_key is None and self.spec.auth != "none"
+
+    def headers(self) -> dict[str, str]:
+        """Fixed headers plus auth, for every request to this provider."""
+        return auth_headers(self.spec, self.api_key)
+
+    def __repr__(self) -> str:
+        key = "<missing>" if self.missing_key else "<none>" if self.api_key is None else "<set>"
+        return (
+            f"LiveProvider(name={self.spec.name!r}, family={self.spec.family!r}, "
+            f"base_url={self.spec.base_url!r}, api_key={key})"
+        )
+
+
+class Settings:
+    """Everything the actors need from config, resolved once."""
+
+    __slots__ = ("catalog", "config", "providers")
+
+    def __init__(
+        self, config: Config, catalog: Catalog, providers: Mapping[str, LiveProvider]
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.providers = dict(providers)
+
+    def live_models(self) -> list[ModelSpec]:
+        """Catalog models whose provider is live."""
+        return [m for m in self.catalog if m.provider in self.providers]
+
+    def __repr__(self) -> str:
+        return f"Settings(providers={sorted(self.providers)}, catalog={self.catalog!r})"
+
+
+def resolve(config: Config, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Merge config with the built-in rows; ``env`` (default ``os.environ``) supplies keys.
+
+    Live providers: every enabled provider under ``providers:``, plus every built-in
+    whose key variable is set (unless it needs a ``base_url`` only config can give).
+    """
+    env = os.environ if env is None else env
+    _raise_first(_problems(config), label=None)
+    catalog = Catalog([*load_builtin_catalog(), *map(_model_spec, config.models)])
+    live = {
+        name: _live(name, provider, env)
+        for name, provider in config.providers.items()
+        if provider.enabled
+    }
+    for name, spec in BUILTIN_PROVIDERS.items():
+        undeclared = name not in config.providers and not spec.requires_base_url
+        if undeclared and spec.key_env and env.get(spec.key_env):
+            live[name] = _live(name, ProviderConfig(), env)
+    return Settings(config, catalog, live)
+
+
+def _model_spec(model: ModelConfig) -> ModelSpec:
+    price = model.price
+    return ModelSpec(
+        id=model.id,
+        model=model.model or "",
+        context_window=model.context_window,
+        max_output=model.max_output,
+        price=Price(
+            input=price.input,
+            output=price.output,
+            cached_input=price.cached_input,
+            cache_write=price.cache_write,
+        ),
+        capabilities=frozenset(model.capabilities),
+        tier=model.tier,
+        fallbacks=tuple(model.fallbacks),
+    )
+
+
+def _live(name: str, provider: ProviderConfig, env: Mapping[str, str]) -> LiveProvider:
+    spec = _merge(name, provider)
+    key = _api_key(spec, provider, env)
+    if key is not None and key.lower() == NO_KEY:
+        spec, key = msgspec.structs.replace(spec, auth="none"), None
+    return LiveProvider(spec=spec, api_key=key, config=provider)
+
+
+def _merge(name: str, provider: ProviderConfig) -> ProviderSpec:
+    """The built-in row (if any) with the config's URL, family, headers and options."""
+    base = BUILTIN_PROVIDERS.get(name)
+    family = provider.family or (base.family if base else None)
+    base_url = provider.base_url or (base.base_url if base else None)
+    assert family is not None and base_url is not None  # _problems checked both
+    options = base.options if base else WireOptions()
+    return ProviderSpec(
+        name=name,
+        family=family,
+        base_url=base_url.rstrip("/"),
+        auth=base.auth if base else "bearer",
+        key_env=base.key_env if base else None,
+        headers={**(base.headers if base else {}), **provider.headers},
+        options=WireOptions(
+            max_tokens_field=provider.max_tokens_field or options.max_tokens_field,
+            stream_usage=_or(provider.stream_usage, options.stream_usage),
+        ),
+        requires_base_url=base.requires_base_url if base else False,
+    )
+
+
+def _api_key(spec: ProviderSpec, provider: ProviderConfig, env: Mapping[str, str]) -> str | None:
+    """``api_key``, else ``$api_key_env``, else the row's usual variable; empty is unset."""
+    candidates = (
+        provider.api_key,
+        env.get(provider.api_key_env) if provider.api_key_env else None,
+        env.get(spec.key_env) if spec.key_env else None,
+    )
+    return next((key for key in candidates if key), None)
+
+
+def _or(value: bool | None, default: bool) -> bool:
+    return default if value is None else value

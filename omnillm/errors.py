@@ -3,7 +3,7 @@
 ::
 
     OmniLLMError                      root; ``code`` is what crosses the bus
-    ├── ConfigError                   a broken config file or variable (names file, key, expectation)
+    ├── ConfigError                   a broken config file or variable (file, key, expectation)
     ├── RequestError                  the client's request cannot be served as sent (no retry)
     │   ├── InvalidRequest            malformed JSON, wrong types, empty messages
     │   ├── RequestTooLarge           over the configured request size

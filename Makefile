@@ -1,0 +1,45 @@
+# The README's two set-up commands are `make run` and `make test`; each creates .venv when missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test demo lint format typecheck bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/omni up
+
+demo: $(STAMP)
+	$(BIN)/omni demo
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered -q
+
+lint: $(STAMP) typecheck
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# mypy cannot follow setuptools' package-dir mapping (actors/, bus/, providers/ -> omnillm.*),
+# so it checks a tree of links laid out as the installed package is.
+typecheck: $(STAMP)
+	@rm -rf .typecheck && mkdir -p .typecheck/omnillm
+	@for f in omnillm/*; do ln -s ../../$$f .typecheck/omnillm/; done
+	@for d in actors bus providers; do ln -s ../../$$d .typecheck/omnillm/$$d; done
+	@ln -s ../tests .typecheck/tests && ln -s ../bench .typecheck/bench
+	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p omnillm -p tests -p bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.overhead
+
+clean:
+	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -1,0 +1,96 @@
+"""What every actor shares: a subscription feeding a bounded worker pool, and a clean stop.
+
+nats-py runs a subscription's callbacks one after another, so a callback must only
+admit work and return. The pool has no hidden queue: an item is admitted only when
+a worker is idle and waiting, so "accepted" means "being worked on now".
+
+Stopping is an event, not a cancellation: ``stop()`` unsubscribes (draining what
+was already delivered), lets the workers finish what they hold, and returns.
+Cancelling ``run`` instead abandons in-flight work at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import Final
+
+import anyio
+from anyio.abc import TaskStatus
+from nats.aio.msg import Msg
+
+from omnillm.bus.connection import Bus
+from omnillm.bus.handoff import accept, refuse_busy
+
+__all__ = ["Actor", "HandoffActor"]
+
+log = logging.getLogger("omnillm.actors")
+
+DEFAULT_WORKERS: Final = 64
+
+
+class Actor(abc.ABC):
+    name: str = "actor"
+
+    def __init__(self, bus: Bus, *, subject: str, queue: str, workers: int = DEFAULT_WORKERS):
+        self.bus = bus
+        self.subject = subject
+        self.queue = queue
+        self.workers = workers
+        self._send, self._receive = anyio.create_memory_object_stream[Msg](0)
+        self._stopping = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``stop()``; reports started once the subscription is live."""
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.workers):
+                tg.start_soon(self._worker, self._receive.clone())
+            self._receive.close()
+            sub = await self.bus.subscribe(self.subject, self._on_message, queue=self.queue)
+            await self.bus.flush()
+            task_status.started()
+            await self._stopping.wait()
+            await sub.drain()  # type: ignore[no-untyped-call]
+            self._send.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            self._send.send_nowait(msg)
+        except anyio.WouldBlock:
+            await self.refuse(msg)
+        except anyio.ClosedResourceError:
+            await self.refuse(msg)
+        else:
+            await self.admitted(msg)
+
+    async def _worker(self, receive: anyio.abc.ObjectReceiveStream[Msg]) -> None:
+        async with receive:
+            async for msg in receive:
+                try:
+                    await self.handle(msg)
+                except Exception:
+                    log.exception("%s: unhandled error", self.name)
+
+    async def admitted(self, msg: Msg) -> None:  # noqa: B027 - a hook; most actors say nothing
+        """Called when ``msg`` was handed to a worker (handoff actors answer Accepted)."""
+
+    @abc.abstractmethod
+    async def refuse(self, msg: Msg) -> None:
+        """Every worker is busy: tell the sender, so the request is not lost."""
+
+    @abc.abstractmethod
+    async def handle(self, msg: Msg) -> None:
+        """Do the work; must end the client's stream on every failure path."""
+
+
+class HandoffActor(Actor):
+    """An actor reached by handoff: it answers Accepted or Busy at once."""
+
+    async def admitted(self, msg: Msg) -> None:
+        await accept(self.bus, msg)
+
+    async def refuse(self, msg: Msg) -> None:
+        await refuse_busy(self.bus, msg, f"{self.name}: all {self.workers} workers busy")

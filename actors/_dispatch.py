@@ -1,0 +1,69 @@
+"""Handing an envelope down its fallback chain.
+
+Fallback is a republish: the envelope goes to ``omni.v1.call.<provider>`` of the
+next candidate with ``attempt + 1``. A candidate whose caller does not answer
+(no responders, busy, silent) is a failed attempt like any other. When the chain is
+exhausted the client gets one ``Error`` frame that names the first failure, the
+one that started the fallback, and then the rest.
+"""
+
+from __future__ import annotations
+
+import time
+
+from omnillm.bus import subjects
+from omnillm.bus.connection import Bus
+from omnillm.bus.handoff import Outcome, hand_off
+from omnillm.bus.messages import CallEnvelope, Failure, encode
+from omnillm.bus.stream import send_failure
+
+__all__ = ["dispatch", "exhausted"]
+
+
+def exhausted(failures: list[Failure]) -> Failure:
+    """One failure for the client: the original one first, the rest after it."""
+    if not failures:
+        return Failure(code="no_candidates", message="no candidate was left to try")
+    first, rest = failures[0], failures[1:]
+    message = first.message
+    if rest:
+        message += "; then " + "; ".join(f.message for f in rest)
+    return Failure(
+        code=first.code, message=message, retryable=first.retryable, provider=first.provider
+    )
+
+
+async def dispatch(
+    bus: Bus, envelope: CallEnvelope, *, start: int, handoff_timeout_s: float
+) -> None:
+    """Hand ``envelope`` to the candidates from ``start`` on, until one accepts."""
+    for index in range(start, len(envelope.candidates)):
+        if time.time() >= envelope.deadline:
+            envelope.failures.append(
+                Failure(code="deadline_exceeded", message="the request's deadline passed")
+            )
+            break
+        envelope.index = index
+        envelope.attempt += 1
+        candidate = envelope.candidate
+        outcome = await hand_off(
+            bus,
+            subjects.call(candidate.provider),
+            encode(envelope),
+            rid=envelope.rid,
+            wait_s=handoff_timeout_s,
+        )
+        if outcome is Outcome.ACCEPTED:
+            return
+        envelope.failures.append(
+            Failure(
+                code="no_caller",
+                message=f"{candidate.model}: no caller for provider {candidate.provider} "
+                f"({outcome.value})",
+                retryable=True,
+                provider=candidate.provider,
+            )
+        )
+    await send_failure(
+        bus, envelope.reply, envelope.rid, envelope.attempt, exhausted(envelope.failures)
+    )

@@ -1,0 +1,198 @@
+"""The planner (cost estimator): turns a classified request into an ordered fallback chain.
+
+``plan`` is pure: request, classification and settings in, candidates out (or a
+``RequestError`` saying why nothing can serve the request). The actor hands the
+envelope to the first candidate's caller; see ``actors._dispatch``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import msgspec
+from nats.aio.msg import Msg
+
+from omnillm.actors._base import HandoffActor
+from omnillm.actors._dispatch import dispatch
+from omnillm.bus import subjects
+from omnillm.bus.connection import Bus
+from omnillm.bus.messages import (
+    TIERS,
+    Candidate,
+    ChatRequest,
+    Classified,
+    Failure,
+    Tier,
+    decode_envelope,
+)
+from omnillm.bus.stream import send_failure
+from omnillm.config import AliasConfig, Settings
+from omnillm.errors import NoCandidates, RequestError, UnknownModel
+from omnillm.providers.catalog import ModelSpec
+
+__all__ = ["PlannerActor", "estimate_cost", "plan"]
+
+log = logging.getLogger("omnillm.planner")
+
+MAX_CHAIN: Final = 5
+_NEED_CAPABILITY: Final = {"vision": "vision", "tools": "tools"}
+
+
+def estimate_cost(spec: ModelSpec, classified: Classified) -> float:
+    """Estimated input tokens x input price + expected output tokens x output price."""
+    return (
+        classified.input_tokens * spec.price.input + classified.output_tokens * spec.price.output
+    ) / 1e6
+
+
+def _matches(spec: ModelSpec, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(spec.id, p) or spec.provider == p for p in patterns)
+
+
+def _unfit(spec: ModelSpec, classified: Classified) -> str | None:
+    """Why ``spec`` cannot serve the request, or None when it can."""
+    for need in classified.needs:
+        capability = _NEED_CAPABILITY.get(need)
+        if capability and capability not in spec.capabilities:
+            return f"{spec.id} does not support {need}"
+    if classified.input_tokens > spec.context_window:
+        return (
+            f"{spec.id} has a context window of {spec.context_window} tokens; "
+            f"the request needs about {classified.input_tokens}"
+        )
+    return None
+
+
+class _Planner:
+    def __init__(self, request: ChatRequest, classified: Classified, settings: Settings):
+        self.request = request
+        self.classified = classified
+        self.settings = settings
+        routing = settings.config.routing
+        route = request.route if not isinstance(request.route, msgspec.UnsetType) else None
+        self.allow = [*routing.allow, *(route.allow if route else [])]
+        self.deny = [*routing.deny, *(route.deny if route else [])]
+        self.max_cost = (
+            route.max_cost_usd if route and isinstance(route.max_cost_usd, float) else None
+        )
+        self.strategy = (
+            route.strategy if route and isinstance(route.strategy, str) else routing.strategy
+        )
+        self.rejected: list[str] = []
+
+    def admissible(self, spec: ModelSpec) -> bool:
+        if spec.provider not in self.settings.providers:
+            self.rejected.append(f"{spec.id}: provider {spec.provider} is not configured")
+        elif self.allow and not _matches(spec, self.allow):
+            self.rejected.append(f"{spec.id}: not in the allow list")
+        elif _matches(spec, self.deny):
+            self.rejected.append(f"{spec.id}: denied by the routing deny list")
+        elif reason := _unfit(spec, self.classified):
+            self.rejected.append(reason)
+        elif self.max_cost is not None and self.cost(spec) > self.max_cost:
+            self.rejected.append(f"{spec.id}: estimated cost over max_cost_usd {self.max_cost}")
+        else:
+            return True
+        return False
+
+    def cost(self, spec: ModelSpec) -> float:
+        return estimate_cost(spec, self.classified)
+
+    def order(self, specs: Sequence[ModelSpec], tier: Tier) -> list[ModelSpec]:
+        rank = TIERS.index(tier)
+        capable = [s for s in specs if TIERS.index(s.tier) >= rank]
+        if not capable:  # nothing strong enough is configured: the strongest there is
+            return sorted(specs, key=lambda s: (-TIERS.index(s.tier), self.cost(s)))
+        if self.strategy == "priority":
+            priority = self.settings.config.routing.priority
+            return sorted(capable, key=lambda s: (self._priority(s, priority), self.cost(s)))
+        return sorted(capable, key=lambda s: (TIERS.index(s.tier), self.cost(s)))
+
+    @staticmethod
+    def _priority(spec: ModelSpec, priority: list[str]) -> int:
+        return priority.index(spec.provider) if spec.provider in priority else len(priority)
+
+    def candidates(self, specs: Iterable[ModelSpec]) -> list[Candidate]:
+        seen: set[str] = set()
+        chain: list[Candidate] = []
+        for spec in specs:
+            if spec.id not in seen and self.admissible(spec):
+                seen.add(spec.id)
+                chain.append(Candidate(spec.provider, spec.id, round(self.cost(spec), 8)))
+        if not chain:
+            why = "; ".join(self.rejected[:5]) or "no model is configured"
+            raise NoCandidates(f"no configured model can serve this request: {why}")
+        return chain[:MAX_CHAIN]
+
+
+def _resolve(model: str, settings: Settings) -> ModelSpec:
+    spec = settings.catalog.get(model)
+    if spec is None and "/" not in model:
+        matches = [s for s in settings.live_models() if s.model == model]
+        spec = matches[0] if matches else None
+    if spec is None:
+        known = ", ".join(sorted(s.id for s in settings.live_models())[:10]) or "none"
+        raise UnknownModel(
+            f"unknown model {model!r}: use 'auto', an alias, or one of the configured "
+            f"models ({known}); declare others under 'models:' in the config"
+        )
+    return spec
+
+
+def plan(request: ChatRequest, classified: Classified, settings: Settings) -> list[Candidate]:
+    """The ordered fallback chain for ``request``; raises ``RequestError`` when there is none."""
+    planner = _Planner(request, classified, settings)
+    aliases = settings.config.routing.aliases
+    model = request.model
+    if model in aliases:
+        alias = aliases[model]
+        if isinstance(alias, list):
+            return planner.candidates(_resolve(m, settings) for m in alias)
+        return _plan_alias(planner, alias, settings)
+    if model == "auto":
+        return planner.candidates(planner.order(settings.live_models(), classified.tier))
+    spec = _resolve(model, settings)
+    fallbacks = [settings.catalog.get(f) for f in spec.fallbacks]
+    if spec.provider not in settings.providers:
+        raise NoCandidates(
+            f"{spec.id}: provider {spec.provider!r} is not configured; set its API key "
+            f"or declare it under 'providers:'"
+        )
+    if reason := _unfit(spec, classified):
+        raise NoCandidates(f"{reason}; choose another model or 'auto'")
+    return planner.candidates([spec, *(f for f in fallbacks if f is not None)])
+
+
+def _plan_alias(planner: _Planner, alias: AliasConfig, settings: Settings) -> list[Candidate]:
+    if alias.strategy is not None:
+        planner.strategy = alias.strategy
+    if alias.models:
+        return planner.candidates(_resolve(m, settings) for m in alias.models)
+    tier = alias.tier or planner.classified.tier
+    return planner.candidates(planner.order(settings.live_models(), tier))
+
+
+class PlannerActor(HandoffActor):
+    """Subscribes to ``omni.v1.plan``; hands envelopes to ``omni.v1.call.<provider>``."""
+
+    name = "planner"
+
+    def __init__(self, bus: Bus, settings: Settings, *, workers: int = 64) -> None:
+        super().__init__(bus, subject=subjects.PLAN, queue=subjects.PLANNER_QUEUE, workers=workers)
+        self.settings = settings
+
+    async def handle(self, msg: Msg) -> None:
+        envelope = decode_envelope(msg.data)
+        if envelope.classified is None:
+            raise ValueError(f"envelope {envelope.rid} reached the planner unclassified")
+        try:
+            envelope.candidates = plan(envelope.request, envelope.classified, self.settings)
+        except RequestError as exc:
+            failure = Failure(code=exc.code, message=exc.message)
+            await send_failure(self.bus, envelope.reply, envelope.rid, 0, failure)
+            return
+        timeout = self.settings.config.reliability.handoff_timeout_s
+        await dispatch(self.bus, envelope, start=0, handoff_timeout_s=timeout)

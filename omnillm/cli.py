@@ -1,0 +1,234 @@
+"""The ``omni`` command.
+
+::
+
+    omni up [--nats-url URL] [--nats-port N]     run everything (embedded NATS by default)
+    omni demo ["question"]                       the same against a built-in mock provider
+    omni chat "question" [--model M] [--nats-url URL]
+                                                 ask, print tokens live, then a summary
+    omni actor classifier|planner|caller [--provider P] [--nats-url URL]
+                                                 one actor, to scale out
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from omnillm.bus.messages import Delta, Done, Error, Reset, Start
+from omnillm.client import DEFAULT_NATS_URL, Client
+from omnillm.config import Config, load_config, resolve
+from omnillm.errors import OmniLLMError
+from omnillm.supervisor import ACTOR_KINDS, Stack, servable_providers
+
+__all__ = ["main"]
+
+log = logging.getLogger("omnillm")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omni", description="OmniLLM, the LLM router on NATS.")
+    parser.add_argument("--config", help="config file (default: omnillm.yaml if present)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run OmniLLM: NATS (embedded by default) and every actor")
+    up.add_argument("--nats-url", help="use this NATS server instead of starting one")
+    up.add_argument("--nats-port", type=int, help="port of the embedded server (0: a free one)")
+
+    demo = commands.add_parser("demo", help="run against a built-in mock provider, ask, answer")
+    demo.add_argument("question", nargs="?", default="Explain what a router for LLMs does.")
+    demo.add_argument("--tokens", type=int, default=40, help="answer length of the mock")
+    demo.add_argument("--token-delay-ms", type=float, default=25.0)
+
+    chat = commands.add_parser("chat", help="ask a question through a running OmniLLM")
+    chat.add_argument("question")
+    chat.add_argument("--model", default="auto", help="auto, an alias, or provider/model")
+    chat.add_argument("--system", help="a system prompt")
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--nats-url", help=f"default: OMNI_NATS_URL or {DEFAULT_NATS_URL}")
+    chat.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole answer")
+
+    actor = commands.add_parser("actor", help="run one actor against an existing NATS server")
+    actor.add_argument("kind", choices=ACTOR_KINDS)
+    actor.add_argument("--provider", action="append", help="caller: provider(s) to serve")
+    actor.add_argument("--nats-url", help=f"default: OMNI_NATS_URL or {DEFAULT_NATS_URL}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        logging.basicConfig(
+            level=config.log.level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        handler = {"up": _up, "demo": _demo, "chat": _chat, "actor": _actor}[args.command]
+        return anyio.run(handler, args, config)
+    except OmniLLMError as exc:
+        print(f"omni: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2 if exc.code == "config_error" else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _nats_url(args: argparse.Namespace, config: Config) -> str:
+    url: str | None = args.nats_url or config.nats.url
+    if url:
+        return url
+    return f"nats://{config.nats.embedded.host}:{config.nats.embedded.port or 4222}"
+
+
+async def _serve_until_signal(stack: Stack, announce: str) -> None:
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(stack.run)
+        print(announce.format(url=url), flush=True)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s: draining and stopping", signal.Signals(signum).name)
+                stack.stop()
+                break
+
+
+def _describe(stack: Stack) -> str:
+    where = "embedded, data in " + str(stack.server.data_dir) if stack.server else "external"
+    skipped = sorted(set(stack.settings.providers) - set(stack.providers))
+    live = ", ".join(stack.providers) or "none (set a provider's API key or try `omni demo`)"
+    note = f" (not served yet: {', '.join(skipped)})" if skipped else ""
+    return f"OmniLLM up: NATS {{url}} ({where}); providers: {live}{note}. Ctrl-C stops."
+
+
+async def _up(args: argparse.Namespace, config: Config) -> int:
+    settings = resolve(config)
+    stack = Stack(settings, nats_url=args.nats_url, embedded_port=args.nats_port)
+    await _serve_until_signal(stack, _describe(stack))
+    return 0
+
+
+async def _actor(args: argparse.Namespace, config: Config) -> int:
+    settings = resolve(config)
+    url = _nats_url(args, config) if args.nats_url or config.nats.url else _env_url(config)
+    providers = args.provider or servable_providers(settings)
+    stack = Stack(settings, nats_url=url, kinds=(args.kind,), providers=providers)
+    label = args.kind + (f" ({', '.join(providers)})" if args.kind == "caller" else "")
+    await _serve_until_signal(stack, f"OmniLLM actor {label} on NATS {{url}}. Ctrl-C stops.")
+    return 0
+
+
+def _env_url(config: Config) -> str:
+    return os.environ.get("OMNI_NATS_URL") or config.nats.url or DEFAULT_NATS_URL
+
+
+async def _chat(args: argparse.Namespace, config: Config) -> int:
+    url = args.nats_url or config.nats.url or DEFAULT_NATS_URL
+    messages: list[dict[str, Any]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": args.question})
+    request: dict[str, Any] = {"model": args.model, "messages": messages}
+    if args.max_tokens:
+        request["max_tokens"] = args.max_tokens
+    async with Client(url, timeout_s=args.timeout) as client:
+        return await print_stream(client, request, sys.stdout)
+
+
+async def print_stream(client: Client, request: dict[str, Any], out: TextIO) -> int:
+    """Print tokens as they arrive, then one summary line on stderr; 0 on a full answer."""
+    started = time.perf_counter()
+    first: float | None = None
+    async for frame in client.stream(request):
+        match frame:
+            case Start():
+                pass
+            case Delta():
+                first = first or time.perf_counter()
+                out.write(
+                    frame.text + "".join(_tool_text(t.name, t.arguments) for t in frame.tool_calls)
+                )
+                out.flush()
+            case Reset():
+                out.write("\n[restarting on another provider]\n")
+            case Done():
+                ttft = (first - started) * 1000 if first else 0.0
+                out.write("\n")
+                print(_summary(frame, ttft), file=sys.stderr)
+                return 0
+            case Error():
+                out.write("\n")
+                print(f"omni: {frame.code}: {frame.message}", file=sys.stderr)
+                return 1
+    return 1
+
+
+def _tool_text(name: object, arguments: str) -> str:
+    return (f"\n[tool call {name}] " if isinstance(name, str) else "") + arguments
+
+
+def _summary(done: Done, ttft_ms: float) -> str:
+    usage = done.usage
+    tokens = f"{usage.input_tokens} in / {usage.output_tokens} out"
+    return (
+        f"-- {done.provider} · {done.model} · {tokens} tokens · ${done.cost_usd:.6f} · "
+        f"first token {ttft_ms:.0f} ms · attempts {done.attempts} · {done.finish_reason}"
+    )
+
+
+async def _demo(args: argparse.Namespace, config: Config) -> int:
+    from omnillm.testing.demo import mock_config
+    from omnillm.testing.mock_provider import MockProvider, MockSettings
+
+    mock = MockProvider(MockSettings(tokens=args.tokens, token_delay_s=args.token_delay_ms / 1000))
+    request = {"messages": [{"role": "user", "content": args.question}]}
+
+    async def ask(url: str) -> int:
+        print(f"OmniLLM demo: NATS {url} (embedded); provider: mock at {mock.base_url}")
+        print(f"> {args.question}", flush=True)
+        async with Client(url) as client:
+            return await print_stream(client, request, sys.stdout)
+
+    async with mock:
+        settings = resolve(mock_config(mock.base_url, config), env={})
+        with tempfile.TemporaryDirectory(prefix="omnillm-demo-") as data:
+            stack = Stack(settings, embedded_port=0, data_dir=Path(data) / "nats")
+            return await _while_running(stack, ask)
+
+
+async def _while_running(stack: Stack, work: Callable[[str], Awaitable[int]]) -> int:
+    """Run ``stack``, do ``work`` against its URL, then stop it; a signal cuts it short."""
+    result = 130
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(stack.run)
+        try:
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(_cancel_on_signal, inner.cancel_scope)
+                result = await work(url)
+                inner.cancel_scope.cancel()
+        finally:
+            stack.stop()
+    return result
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

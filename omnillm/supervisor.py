@@ -1,0 +1,126 @@
+"""``omni up``: the embedded NATS server (unless a URL is given) and every actor, in one process.
+
+Start order: server, connection, actors (each reports started once its
+subscription is live). Stop order is the reverse, and graceful: actors stop taking
+work and finish what they hold (bounded by ``drain_timeout_s``), the connection
+drains, then the server stops. The server is stopped on every exit path, so nothing
+is left running.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Final
+
+import anyio
+from anyio.abc import TaskStatus
+
+from omnillm.actors._base import Actor
+from omnillm.actors.caller import CallerActor
+from omnillm.actors.classifier import ClassifierActor
+from omnillm.actors.planner import PlannerActor
+from omnillm.bus.connection import Bus
+from omnillm.config import Settings
+from omnillm.embedded import EmbeddedNats
+from omnillm.providers.families import IMPLEMENTED
+
+__all__ = ["ACTOR_KINDS", "Stack", "build_actors"]
+
+log = logging.getLogger("omnillm.supervisor")
+
+ACTOR_KINDS: Final = ("classifier", "planner", "caller")
+DRAIN_TIMEOUT_S: Final = 15.0
+
+
+def servable_providers(settings: Settings) -> list[str]:
+    """Live providers whose wire family this build speaks."""
+    return sorted(
+        name for name, live in settings.providers.items() if live.spec.family in IMPLEMENTED
+    )
+
+
+def build_actors(
+    bus: Bus, settings: Settings, kinds: tuple[str, ...], providers: list[str]
+) -> list[Actor]:
+    reliability = settings.config.reliability
+    actors: list[Actor] = []
+    if "classifier" in kinds:
+        actors.append(
+            ClassifierActor(
+                bus,
+                request_timeout_s=reliability.request_timeout_s,
+                max_request_bytes=reliability.max_request_bytes,
+                handoff_timeout_s=reliability.handoff_timeout_s,
+                workers=reliability.workers,
+            )
+        )
+    if "planner" in kinds:
+        actors.append(PlannerActor(bus, settings, workers=reliability.workers))
+    if "caller" in kinds:
+        actors.extend(CallerActor(bus, settings, p) for p in providers)
+    return actors
+
+
+class Stack:
+    """The server (optional) and a set of actors, with one graceful stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nats_url: str | None = None,
+        kinds: tuple[str, ...] = ACTOR_KINDS,
+        providers: list[str] | None = None,
+        embedded_port: int | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
+        config = settings.config
+        self.settings = settings
+        self.url = nats_url or config.nats.url
+        self.kinds = kinds
+        self.providers = servable_providers(settings) if providers is None else providers
+        self.server: EmbeddedNats | None = None
+        if self.url is None:
+            self.server = EmbeddedNats(
+                data_dir or Path(config.nats.embedded.data_dir),
+                host=config.nats.embedded.host,
+                port=config.nats.embedded.port if embedded_port is None else embedded_port,
+                max_payload=config.nats.max_payload,
+            )
+        self.actors: list[Actor] = []
+        self._stop = anyio.Event()
+
+    @property
+    def embedded(self) -> bool:
+        return self.server is not None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``stop()``; reports the NATS URL once every actor is live."""
+        try:
+            url = self.server.start() if self.server else self.url
+            assert url is not None
+            bus = await Bus.connect(url, name="omnillm-up")
+            try:
+                await self._serve(bus, task_status)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await bus.close()
+        finally:
+            if self.server is not None:
+                self.server.stop()
+
+    async def _serve(self, bus: Bus, task_status: TaskStatus[str]) -> None:
+        self.actors = build_actors(bus, self.settings, self.kinds, self.providers)
+        async with anyio.create_task_group() as tg:
+            for actor in self.actors:
+                await tg.start(actor.run)
+            task_status.started(bus.url)
+            await self._stop.wait()
+            for actor in self.actors:
+                actor.stop()
+            # Actors finish in-flight work on their own; past the deadline they are cut.
+            tg.cancel_scope.deadline = anyio.current_time() + DRAIN_TIMEOUT_S

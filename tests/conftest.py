@@ -1,0 +1,65 @@
+"""Shared fixtures: a real nats-server per test on a free port, the mock provider, a stack."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from omnillm.client import Client
+from omnillm.config import Settings, resolve
+from omnillm.embedded import EmbeddedNats
+from omnillm.supervisor import ACTOR_KINDS, Stack
+from omnillm.testing.demo import mock_config
+from omnillm.testing.mock_provider import MockProvider, MockSettings
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # nats-py is asyncio-only
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats", port=0)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def mock_provider() -> AsyncIterator[MockProvider]:
+    async with MockProvider(MockSettings(tokens=20)) as provider:
+        yield provider
+
+
+def mock_settings(provider: MockProvider, **overrides: Any) -> Settings:
+    return resolve(mock_config(provider.base_url, **overrides), env={})
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings,
+    url: str,
+    *,
+    kinds: tuple[str, ...] = ACTOR_KINDS,
+    providers: list[str] | None = None,
+) -> AsyncIterator[Stack]:
+    """A stack of actors on ``url`` for the duration of the block, stopped gracefully after."""
+    stack = Stack(settings, nats_url=url, kinds=kinds, providers=providers)
+    async with anyio.create_task_group() as tg:
+        await tg.start(stack.run)
+        try:
+            yield stack
+        finally:
+            stack.stop()
+
+
+@asynccontextmanager
+async def client_for(url: str, **options: Any) -> AsyncIterator[Client]:
+    async with Client(url, **options) as client:
+        yield client

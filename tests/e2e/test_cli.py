@@ -1,0 +1,160 @@
+"""``omni up``, ``omni chat`` and ``omni demo`` as a user runs them: real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.text import TextReceiveStream
+
+from omnillm.testing.mock_provider import MockProvider, answer_tokens
+from tests.conftest import client_for
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+OMNI = [sys.executable, "-m", "omnillm.cli"]
+UP_LINE = re.compile(
+    r"OmniLLM up: NATS (nats://127\.0\.0\.1:(\d+)) \(embedded, data in (\S+)\); "
+    r"providers: mock\."
+)
+
+
+def nats_servers_using(marker: str) -> list[int]:
+    """Pids of nats-server processes whose command line mentions ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "nats-server" in cmdline and marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def port_is_closed(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def read_lines(process: Process) -> AsyncIterator[str]:
+    assert process.stdout is not None
+    buffer = ""
+    async for text in TextReceiveStream(process.stdout):
+        buffer += text
+        while "\n" in buffer:
+            line, buffer = buffer.split("\n", 1)
+            yield line
+
+
+async def test_omni_up_serves_chat_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, mock_provider: MockProvider
+) -> None:
+    data_dir = tmp_path / "data"
+    (tmp_path / "omnillm.yaml").write_text(
+        f"nats:\n  embedded: {{port: 0, data_dir: {data_dir}}}\n"
+        f"providers:\n"
+        f"  mock: {{family: openai, base_url: '{mock_provider.base_url}', api_key: none}}\n"
+        f"models:\n"
+        f"  - {{id: mock/mock-small, tier: simple, price: {{input: 0.05, output: 0.2}}}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    process = await anyio.open_process([*OMNI, "up"], cwd=tmp_path, env=env)
+    try:
+        with anyio.fail_after(30):
+            lines = read_lines(process)
+            first = await anext(lines)
+        match = UP_LINE.match(first)
+        assert match, first
+        url, port = match.group(1), int(match.group(2))
+        assert nats_servers_using(str(data_dir))
+
+        async with client_for(url) as client:
+            completion = await client.complete(
+                {"messages": [{"role": "user", "content": "from the sdk"}]}
+            )
+        assert completion.text == "".join(answer_tokens("from the sdk", 20))
+
+        chat = await anyio.run_process(
+            [*OMNI, "chat", "from the command line", "--nats-url", url], check=False, env=env
+        )
+        assert chat.returncode == 0, chat.stderr
+        assert chat.stdout.decode().strip() == "".join(answer_tokens("from the command line", 20))
+        summary = chat.stderr.decode()
+        assert re.search(
+            r"-- mock · mock-small · \d+ in / 20 out tokens · \$0\.0000\d+ · "
+            r"first token \d+ ms · attempts 1 · stop",
+            summary,
+        ), summary
+
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert port_is_closed(port)
+    assert nats_servers_using(str(data_dir)) == []
+
+
+async def test_omni_chat_without_a_router_says_so(tmp_path: Path) -> None:
+    from omnillm.embedded import EmbeddedNats
+
+    with EmbeddedNats(tmp_path / "nats", port=0) as server:
+        result = await anyio.run_process(
+            [*OMNI, "chat", "anyone?", "--nats-url", server.url], check=False, cwd=tmp_path
+        )
+    assert result.returncode == 1
+    assert "no_router: no router is running" in result.stderr.decode()
+
+
+async def test_omni_chat_with_no_nats_server_names_the_url(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    result = await anyio.run_process(
+        [*OMNI, "chat", "anyone?", "--nats-url", f"nats://127.0.0.1:{free}"],
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert f"cannot reach NATS at nats://127.0.0.1:{free}" in result.stderr.decode()
+
+
+async def test_omni_demo_answers_with_no_key_and_leaves_nothing_running(tmp_path: Path) -> None:
+    question = "What does the demo show?"
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    result = await anyio.run_process(
+        [*OMNI, "demo", question, "--tokens", "12", "--token-delay-ms", "1"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "".join(answer_tokens(question, 12)) in out
+    assert "-- mock · mock-small" in result.stderr.decode()
+    assert nats_servers_using("omnillm-demo-") == []
+
+
+def test_broken_config_fails_at_start_naming_file_and_key(tmp_path: Path) -> None:
+    (tmp_path / "omnillm.yaml").write_text(
+        "models:\n  - id: mock/x\n    price: {input: cheap, output: 1}\n"
+    )
+    result = subprocess.run(
+        [*OMNI, "up"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "omnillm.yaml: models[0].price.input: expected a number" in result.stderr

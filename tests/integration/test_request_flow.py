@@ -1,0 +1,235 @@
+"""A chat request through every actor on a real nats-server, to the mock provider over HTTP."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import pytest
+
+from omnillm.bus import subjects
+from omnillm.bus.connection import RID_HEADER
+from omnillm.bus.messages import Delta, Done, Error, Start, decode_frame
+from omnillm.embedded import EmbeddedNats
+from omnillm.errors import NoCandidates, NoRouter, UnknownModel
+from omnillm.testing.mock_provider import MockProvider, answer_tokens, count_prompt_tokens
+from tests.conftest import client_for, mock_settings, running
+
+pytestmark = pytest.mark.anyio
+
+
+def ask(prompt: str, **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": prompt}], **extra}
+
+
+def expected_text(prompt: str, n: int = 20) -> str:
+    return "".join(answer_tokens(prompt, n))
+
+
+async def raw_exchange(url: str, payload: bytes, rid: str | None = None) -> list[Any]:
+    """Publish like any NATS client would; collect the raw replies through the empty message."""
+    nc = await nats.connect(url)
+    try:
+        inbox = nc.new_inbox()
+        replies: list[Any] = []
+        finished = anyio.Event()
+
+        async def on_reply(msg: Any) -> None:
+            replies.append(msg)
+            if msg.data == b"":
+                finished.set()
+
+        await nc.subscribe(inbox, cb=on_reply)
+        headers = {RID_HEADER: rid} if rid else None
+        await nc.publish(subjects.REQUEST, payload, reply=inbox, headers=headers)
+        with anyio.fail_after(10):
+            await finished.wait()
+        return replies
+    finally:
+        await nc.close()
+
+
+async def test_request_streams_start_deltas_done_then_empty_message(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    prompt = "Name three rivers in Europe."
+    async with running(mock_settings(mock_provider), nats_server.url):
+        replies = await raw_exchange(nats_server.url, msgspec.json.encode(ask(prompt)), "rid-123")
+
+    assert replies[-1].data == b""
+    frames = [decode_frame(m.data) for m in replies[:-1]]
+    assert isinstance(frames[0], Start)
+    assert (frames[0].provider, frames[0].model) == ("mock", "mock-small")
+    assert all(isinstance(f, Delta) for f in frames[1:-1]) and len(frames) >= 3
+    done = frames[-1]
+    assert isinstance(done, Done)
+    assert "".join(f.text for f in frames if isinstance(f, Delta)) == expected_text(prompt)
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    assert {f.rid for f in frames} == {"rid-123"}
+    assert all(m.headers[RID_HEADER] == "rid-123" for m in replies[:-1])
+    prompt_tokens = count_prompt_tokens([{"role": "user", "content": prompt}])
+    assert (done.usage.input_tokens, done.usage.output_tokens) == (prompt_tokens, 20)
+    assert done.finish_reason == "stop"
+    assert done.cost_usd == pytest.approx((prompt_tokens * 0.05 + 20 * 0.20) / 1e6)
+
+
+async def test_fifty_concurrent_streams_each_get_exactly_their_own_tokens(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    prompts = [f"Question number {i}: what is {i} squared?" for i in range(50)]
+    results: dict[str, str] = {}
+
+    async with running(mock_settings(mock_provider), nats_server.url):
+        async with client_for(nats_server.url) as client:
+
+            async def one(prompt: str) -> None:
+                results[prompt] = (await client.complete(ask(prompt))).text
+
+            async with anyio.create_task_group() as tg:
+                for prompt in prompts:
+                    tg.start_soon(one, prompt)
+
+    assert len(results) == 50
+    for prompt in prompts:
+        assert results[prompt] == expected_text(prompt)
+    assert len(set(results.values())) == 50
+    assert mock_provider.requests_served == 50
+
+
+async def test_no_router_running_fails_at_once_not_after_a_timeout(
+    nats_server: EmbeddedNats,
+) -> None:
+    async with client_for(nats_server.url, first_frame_s=30) as client:
+        started = time.monotonic()
+        with pytest.raises(NoRouter, match="no router is running"):
+            await client.complete(ask("hello?"))
+    assert time.monotonic() - started < 5
+
+
+async def test_a_provider_with_no_caller_falls_through_to_the_next_candidate(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    settings = mock_settings(
+        mock_provider,
+        providers={
+            "mock": {"family": "openai", "base_url": mock_provider.base_url, "api_key": "none"},
+            "spare": {"family": "openai", "base_url": mock_provider.base_url, "api_key": "none"},
+        },
+        models=[
+            {
+                "id": "spare/mock-small",
+                "price": {"input": 0, "output": 0},
+                "fallbacks": ["mock/mock-small"],
+            },
+            {"id": "mock/mock-small", "price": {"input": 0.05, "output": 0.2}},
+        ],
+    )
+    prompt = "Which caller answers this?"
+    async with running(settings, nats_server.url, providers=["mock"]):
+        async with client_for(nats_server.url) as client:
+            completion = await client.complete(ask(prompt, model="spare/mock-small"))
+    assert completion.provider == "mock"
+    assert completion.attempts == 2
+    assert completion.text == expected_text(prompt)
+
+
+async def test_no_caller_for_the_only_candidate_ends_with_an_error_naming_it(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    async with running(
+        mock_settings(mock_provider), nats_server.url, kinds=("classifier", "planner")
+    ):
+        async with client_for(nats_server.url) as client:
+            frames = [f async for f in client.stream(ask("hi", model="mock/mock-large"))]
+    assert len(frames) == 1 and isinstance(frames[0], Error)
+    assert frames[0].code == "no_caller"
+    assert "no caller for provider mock (no responders)" in frames[0].message
+
+
+async def test_an_upstream_error_before_any_token_falls_back(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    settings = mock_settings(
+        mock_provider,
+        models=[
+            {
+                "id": "mock/retired-model",
+                "price": {"input": 0, "output": 0},
+                "fallbacks": ["mock/mock-medium"],
+            },
+            {"id": "mock/mock-medium", "price": {"input": 0.4, "output": 1.6}},
+        ],
+    )
+    prompt = "Falls back from a model the provider does not know"
+    async with running(settings, nats_server.url), client_for(nats_server.url) as client:
+        completion = await client.complete(ask(prompt, model="mock/retired-model"))
+    assert (completion.model, completion.attempts) == ("mock-medium", 2)
+    assert completion.text == expected_text(prompt)
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "says"),
+    [
+        (b'{"messages": [', "invalid_request", "not valid JSON"),
+        (b'{"messages": []}', "invalid_request", "$.messages"),
+        (b'{"messages": [{"role": "robot", "content": "x"}]}', "invalid_request", "role"),
+        (
+            b'{"model": "nope/nothing", "messages": [{"role": "user", "content": "x"}]}',
+            "unknown_model",
+            "unknown model 'nope/nothing'",
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}',
+            "request_too_large",
+            "over the limit of 4096 bytes",
+        ),
+    ],
+)
+async def test_bad_requests_get_an_error_frame_and_the_router_keeps_serving(
+    nats_server: EmbeddedNats, mock_provider: MockProvider, payload: bytes, code: str, says: str
+) -> None:
+    settings = mock_settings(mock_provider, reliability={"max_request_bytes": 4096})
+    async with running(settings, nats_server.url):
+        replies = await raw_exchange(nats_server.url, payload)
+        async with client_for(nats_server.url) as client:
+            after = await client.complete(ask("still there?"))
+
+    assert [m.data for m in replies[1:]] == [b""]
+    error = decode_frame(replies[0].data)
+    assert isinstance(error, Error)
+    assert error.code == code
+    assert says in error.message
+    assert after.text == expected_text("still there?")
+
+
+async def test_client_raises_the_routers_error_with_its_class(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    async with running(mock_settings(mock_provider), nats_server.url):
+        async with client_for(nats_server.url) as client:
+            with pytest.raises(UnknownModel, match="unknown model 'gpt-99'"):
+                await client.complete(ask("x", model="gpt-99"))
+            with pytest.raises(NoCandidates, match="does not support vision"):
+                image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+                text = {"type": "text", "text": "what is this?"}
+                await client.complete(
+                    {
+                        "model": "mock/mock-small",
+                        "messages": [{"role": "user", "content": [text, image]}],
+                    }
+                )
+
+
+async def test_request_ids_are_kept_per_request(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    async with running(mock_settings(mock_provider), nats_server.url):
+        async with client_for(nats_server.url) as client:
+            first = await client.complete(ask("one"))
+            second = await client.complete(ask("two"))
+    assert first.rid != second.rid
+    assert uuid.UUID(hex=first.rid)

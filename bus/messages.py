@@ -240,7 +240,7 @@ HandoffReply = Accepted | Busy
 # --- stream frames -------------------------------------------------------------------
 
 
-class TokenUsage(Struct, omit_defaults=True):
+class TokenUsage(Struct):
     """Tokens as the provider reported them, normalised: ``input_tokens`` includes cached."""
 
     input_tokens: int = 0
@@ -288,7 +288,7 @@ class Reset(Struct, tag="reset", tag_field="type"):
     reason: str
 
 
-class Done(Struct, tag="done", tag_field="type", omit_defaults=True):
+class Done(Struct, tag="done", tag_field="type"):
     rid: str
     attempt: int
     seq: int
@@ -301,7 +301,7 @@ class Done(Struct, tag="done", tag_field="type", omit_defaults=True):
     ttft_ms: float | None = None
 
 
-class Error(Struct, tag="error", tag_field="type", omit_defaults=True):
+class Error(Struct, tag="error", tag_field="type"):
     rid: str
     attempt: int
     seq: int

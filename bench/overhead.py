@@ -1,4 +1,4 @@
-"""What the NATS path costs: time to first token through OmniLLM minus calling the provider directly.
+"""What the NATS path costs: time to first token through OmniLLM against calling the mock directly.
 
 Three processes, as deployed on one machine: the mock provider, ``omni up`` (embedded
 nats-server, classifier, planner, caller) and this client. The baseline is the same
@@ -150,8 +150,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="omnillm-bench-") as tmp:
         work = Path(tmp)
         mock, mock_url = start(
-            [sys.executable, "-m", "omnillm.testing.mock_provider", "--port", "0",
-             "--tokens", str(args.tokens)],
+            [
+                sys.executable,
+                "-m",
+                "omnillm.testing.mock_provider",
+                "--port",
+                "0",
+                "--tokens",
+                str(args.tokens),
+            ],
             r"listening on (\S+)",
             work,
         )
@@ -159,7 +166,7 @@ def main() -> None:
             f"nats: {{embedded: {{port: 0, data_dir: {work / 'nats'}}}}}\n"
             f"log: {{level: warning}}\n"
             f"providers: {{mock: {{family: openai, base_url: '{mock_url}', api_key: none}}}}\n"
-            f"models: [{{id: mock/mock-small, tier: simple, price: {{input: 0.05, output: 0.2}}}}]\n"
+            "models: [{id: mock/mock-small, tier: simple, price: {input: 0.05, output: 0.2}}]\n"
         )
         up, nats_url = start([sys.executable, "-m", "omnillm.cli", "up"], r"NATS (\S+) ", work)
         try:

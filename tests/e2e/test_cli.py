@@ -16,6 +16,7 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
+from omnillm.bus.messages import Delta, Done
 from omnillm.testing.mock_provider import MockProvider, answer_tokens
 from tests.conftest import client_for
 
@@ -48,6 +49,20 @@ def port_is_closed(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def without_keys() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+
+
+def write_config(directory: Path, data_dir: Path, mock: MockProvider) -> None:
+    (directory / "omnillm.yaml").write_text(
+        f"nats:\n  embedded: {{port: 0, data_dir: {data_dir}}}\n"
+        f"providers:\n"
+        f"  mock: {{family: openai, base_url: '{mock.base_url}', api_key: none}}\n"
+        f"models:\n"
+        f"  - {{id: mock/mock-small, tier: simple, price: {{input: 0.05, output: 0.2}}}}\n"
+    )
+
+
 async def read_lines(process: Process) -> AsyncIterator[str]:
     assert process.stdout is not None
     buffer = ""
@@ -62,14 +77,8 @@ async def test_omni_up_serves_chat_and_stops_cleanly_on_sigterm(
     tmp_path: Path, mock_provider: MockProvider
 ) -> None:
     data_dir = tmp_path / "data"
-    (tmp_path / "omnillm.yaml").write_text(
-        f"nats:\n  embedded: {{port: 0, data_dir: {data_dir}}}\n"
-        f"providers:\n"
-        f"  mock: {{family: openai, base_url: '{mock_provider.base_url}', api_key: none}}\n"
-        f"models:\n"
-        f"  - {{id: mock/mock-small, tier: simple, price: {{input: 0.05, output: 0.2}}}}\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    write_config(tmp_path, data_dir, mock_provider)
+    env = without_keys()
     process = await anyio.open_process([*OMNI, "up"], cwd=tmp_path, env=env)
     try:
         with anyio.fail_after(30):
@@ -109,6 +118,37 @@ async def test_omni_up_serves_chat_and_stops_cleanly_on_sigterm(
     assert nats_servers_using(str(data_dir)) == []
 
 
+async def test_sigterm_lets_an_answer_in_flight_finish_before_stopping(
+    tmp_path: Path, mock_provider: MockProvider
+) -> None:
+    mock_provider.settings.token_delay_s = 0.02  # a 20-token answer takes about 0.4 s
+    data_dir = tmp_path / "data"
+    write_config(tmp_path, data_dir, mock_provider)
+    process = await anyio.open_process([*OMNI, "up"], cwd=tmp_path, env=without_keys())
+    try:
+        with anyio.fail_after(30):
+            match = UP_LINE.match(await anext(read_lines(process)))
+        assert match
+        text: list[str] = []
+        async with client_for(match.group(1)) as client:
+            request = {"messages": [{"role": "user", "content": "long answer"}]}
+            async for frame in client.stream(request):
+                if isinstance(frame, Delta):
+                    if not text:
+                        process.send_signal(signal.SIGTERM)
+                    text.append(frame.text)
+                last = frame
+        assert isinstance(last, Done)
+        assert "".join(text) == "".join(answer_tokens("long answer", 20))
+        with anyio.fail_after(20):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert nats_servers_using(str(data_dir)) == []
+
+
 async def test_omni_chat_without_a_router_says_so(tmp_path: Path) -> None:
     from omnillm.embedded import EmbeddedNats
 
@@ -135,7 +175,7 @@ async def test_omni_chat_with_no_nats_server_names_the_url(tmp_path: Path) -> No
 
 async def test_omni_demo_answers_with_no_key_and_leaves_nothing_running(tmp_path: Path) -> None:
     question = "What does the demo show?"
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env = without_keys()
     result = await anyio.run_process(
         [*OMNI, "demo", question, "--tokens", "12", "--token-delay-ms", "1"],
         check=False,

@@ -31,6 +31,7 @@ from omnillm.bus.messages import CallEnvelope, Failure, TokenUsage, decode_envel
 from omnillm.bus.stream import StreamSender
 from omnillm.config import LiveProvider, Settings
 from omnillm.errors import (
+    AuthenticationFailed,
     MalformedResponse,
     OmniLLMError,
     ProviderError,
@@ -40,7 +41,6 @@ from omnillm.errors import (
 from omnillm.providers.base import StreamUpdate, WireFamily
 from omnillm.providers.catalog import ModelSpec, cost_usd
 from omnillm.providers.families import family_for
-from omnillm.providers.registry import auth_headers
 
 __all__ = ["CallerActor", "new_http_client"]
 
@@ -119,6 +119,8 @@ class CallerActor(HandoffActor):
         self.family: WireFamily = family_for(live.spec.family)
         self.reliability = settings.config.reliability
         self._http = http
+        self._headers = live.headers()
+        self._base_url = live.spec.base_url.rstrip("/")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         owned = self._http is None
@@ -163,14 +165,29 @@ class CallerActor(HandoffActor):
                 message=f"{envelope.candidate.model}: not in this caller's catalog",
                 provider=self.provider,
             )
+        if self.live.missing_key:
+            where = (
+                self.live.config.api_key_env
+                or self.live.spec.key_env
+                or f"providers.{self.provider}.api_key"
+            )
+            missing = AuthenticationFailed(f"{self.provider}: no API key (set {where})")
+            return _failure(missing, spec)
         attempt = _Attempt(sender, self.provider, spec)
-        try:
-            with anyio.fail_after(max(0.0, envelope.deadline - time.time())):
-                await self._stream(envelope, attempt)
-        except ProviderError as exc:
-            return _failure(exc, spec)
-        except TimeoutError:
-            return _failure(ProviderTimeout("the request's deadline passed"), spec)
+        error: ProviderError | None = None
+        with anyio.move_on_after(max(0.0, envelope.deadline - time.time())) as deadline:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeats, attempt)
+                try:
+                    await self._stream(envelope, attempt)
+                except ProviderError as exc:
+                    error = exc
+                finally:
+                    tg.cancel_scope.cancel()
+        if deadline.cancelled_caught:
+            error = ProviderTimeout("the request's deadline passed")
+        if error is not None:
+            return _failure(error, spec)
         if attempt.finish_reason is None:
             cut = MalformedResponse("the stream ended without a finish reason (truncated)")
             return _failure(cut, spec)
@@ -186,16 +203,21 @@ class CallerActor(HandoffActor):
         )
         return None
 
+    async def _heartbeats(self, attempt: _Attempt) -> None:
+        """Until the first token: a heartbeat every ``heartbeat_s``, so the client's
+        first-frame timer measures the router, not a slow model thinking."""
+        while True:
+            await anyio.sleep(self.reliability.heartbeat_s)
+            if attempt.streamed:
+                return
+            await attempt.sender.heartbeat()
+
     async def _stream(self, envelope: CallEnvelope, attempt: _Attempt) -> None:
         wire = self.family.build_request(
             envelope.request, model=attempt.spec.model, stream=True, options=self.live.spec.options
         )
-        headers = {
-            **self.live.spec.headers,
-            **auth_headers(self.live.spec, self.live.api_key),
-            **wire.headers,
-        }
-        url = self.live.spec.base_url.rstrip("/") + wire.path
+        headers = {**self._headers, **wire.headers}
+        url = self._base_url + wire.path
         assert self._http is not None
         try:
             async with self._http.stream(
@@ -245,9 +267,10 @@ def _transport_error(exc: httpx.TransportError, provider: str) -> ProviderError:
 
 def _failure(exc: OmniLLMError, spec: ModelSpec) -> Failure:
     retry_after = exc.retry_after if isinstance(exc, ProviderError) else None
+    message = exc.message.removeprefix(f"{spec.provider}: ")
     return Failure(
         code=exc.code,
-        message=f"{spec.id}: {exc.message}",
+        message=f"{spec.id}: {message}",
         retryable=exc.retryable,
         retry_after=retry_after,
         provider=spec.provider,

@@ -187,6 +187,7 @@ class ReliabilityConfig(_Section, frozen=True):
     request_timeout_s: float = 120.0
     retry_after_cap_s: float = 10.0
     handoff_timeout_s: float = 0.5
+    heartbeat_s: float = 5.0
     max_request_bytes: int = 4 * _MiB
     workers: int = 64
     breaker: BreakerConfig = BreakerConfig()

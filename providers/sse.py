@@ -16,9 +16,17 @@ the Python-level cost is per line, never per byte, and data stays ``bytes``.
 
 from __future__ import annotations
 
+from typing import Final
+
 from msgspec import Struct
 
-__all__ = ["SSEDecoder", "SSEEvent"]
+from omnillm.errors import MalformedResponse
+
+__all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSEEvent"]
+
+MAX_LINE_BYTES: Final = 16 * 1024 * 1024
+"""A line longer than this is not a provider's event: an upstream that never ends a line
+would otherwise grow the buffer without bound."""
 
 
 class SSEEvent(Struct, frozen=True, gc=False):
@@ -53,6 +61,8 @@ class SSEDecoder:
         if last == b"\r":
             self._skip_lf = True
         self._tail = b"" if last in (b"\n", b"\r") else lines.pop()
+        if len(self._tail) > MAX_LINE_BYTES:
+            raise MalformedResponse(f"an SSE line is over {MAX_LINE_BYTES} bytes with no end")
         return self._lines(lines)
 
     def close(self) -> list[SSEEvent]:

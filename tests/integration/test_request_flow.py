@@ -15,7 +15,7 @@ from omnillm.bus import subjects
 from omnillm.bus.connection import RID_HEADER
 from omnillm.bus.messages import Delta, Done, Error, Start, decode_frame
 from omnillm.embedded import EmbeddedNats
-from omnillm.errors import NoCandidates, NoRouter, UnknownModel
+from omnillm.errors import FirstFrameTimeout, NoCandidates, NoRouter, UnknownModel
 from omnillm.testing.mock_provider import MockProvider, answer_tokens, count_prompt_tokens
 from tests.conftest import client_for, mock_settings, running
 
@@ -233,3 +233,43 @@ async def test_request_ids_are_kept_per_request(
             second = await client.complete(ask("two"))
     assert first.rid != second.rid
     assert uuid.UUID(hex=first.rid)
+
+
+async def test_heartbeats_keep_a_slow_first_token_from_timing_out_the_client(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    mock_provider.settings.first_token_delay_s = 2.0
+    settings = mock_settings(mock_provider, reliability={"heartbeat_s": 0.1, "ttft_timeout_s": 30})
+    async with running(settings, nats_server.url):
+        async with client_for(nats_server.url, first_frame_s=1.0, stall_s=1.0) as client:
+            completion = await client.complete(ask("think first"))
+    assert completion.text == expected_text("think first")
+
+
+async def test_without_heartbeats_the_client_gives_up_after_its_first_frame_limit(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    mock_provider.settings.first_token_delay_s = 2.0
+    settings = mock_settings(mock_provider, reliability={"heartbeat_s": 60, "ttft_timeout_s": 30})
+    async with running(settings, nats_server.url):
+        async with client_for(nats_server.url, first_frame_s=0.5) as client:
+            with pytest.raises(FirstFrameTimeout, match=r"no answer within 0\.5s"):
+                await client.complete(ask("think first"))
+
+
+async def test_a_provider_without_its_key_is_reported_not_called(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    provider = {
+        "family": "openai",
+        "base_url": mock_provider.base_url,
+        "api_key_env": "OMNI_TEST_KEY_NOBODY_SET",
+    }
+    settings = mock_settings(mock_provider, providers={"mock": provider})
+    async with running(settings, nats_server.url):
+        async with client_for(nats_server.url) as client:
+            frames = [f async for f in client.stream(ask("hello", model="mock/mock-small"))]
+    assert len(frames) == 1 and isinstance(frames[0], Error)
+    assert frames[0].code == "authentication_failed"
+    assert frames[0].message == "mock/mock-small: no API key (set OMNI_TEST_KEY_NOBODY_SET)"
+    assert mock_provider.requests_served == 0

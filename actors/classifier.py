@@ -49,8 +49,9 @@ OUTPUT_TOKENS: Final[dict[Tier, int]] = {
 }
 
 _CODE = re.compile(r"```|\bdef \w+\(|\bclass \w+|\bfunction\b|=>|#include|\bimport \w+|;\s*$", re.M)
+_PROOF = re.compile(r"\b(prove|proof|rigorous(ly)?|derive)\b", re.I)
 _MATH = re.compile(
-    r"\b(prove|proof|integral|derivative|equation|theorem|lemma|matrix|probability)\b"
+    r"\b(integral|derivative|equation|theorem|lemma|matrix|probability|irrational|primes?)\b"
     r"|\d+\s*[-+*/^=]\s*\d+|\\frac|\\sum|∫",
     re.I,
 )
@@ -83,6 +84,8 @@ def _features(text: str) -> list[tuple[float, str]]:
         found.append((-0.6, f"short request ({words} words)"))
     if _CODE.search(text):
         found.append((1.2, "contains code"))
+    if _PROOF.search(text):
+        found.append((2.4, "asks for a proof or derivation"))
     if hits := len(_MATH.findall(text)):
         found.append((min(hits, 3) * 0.9, "math"))
     if hits := len(_REASONING.findall(text)):
@@ -93,6 +96,8 @@ def _features(text: str) -> list[tuple[float, str]]:
         found.append((0.5, "several questions"))
     if _SMALL_TALK.match(text) and words < 12:
         found.append((-1.5, "small talk"))
+    if any(weight > 0 for weight, _ in found):  # a short hard question is still hard
+        found = [f for f in found if not f[1].startswith("short request")]
     return found
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Final
 
 import msgspec
@@ -101,7 +101,9 @@ class _Planner:
     def cost(self, spec: ModelSpec) -> float:
         return estimate_cost(spec, self.classified)
 
-    def order(self, specs: Sequence[ModelSpec], tier: Tier) -> list[ModelSpec]:
+    def order(self, specs: Iterable[ModelSpec], tier: Tier) -> list[ModelSpec]:
+        """Admissible models, cheapest capable of ``tier`` first; the strongest if none is."""
+        specs = [s for s in specs if self.admissible(s)]
         rank = TIERS.index(tier)
         capable = [s for s in specs if TIERS.index(s.tier) >= rank]
         if not capable:  # nothing strong enough is configured: the strongest there is
@@ -115,11 +117,12 @@ class _Planner:
     def _priority(spec: ModelSpec, priority: list[str]) -> int:
         return priority.index(spec.provider) if spec.provider in priority else len(priority)
 
-    def candidates(self, specs: Iterable[ModelSpec]) -> list[Candidate]:
+    def candidates(self, specs: Iterable[ModelSpec], *, checked: bool = False) -> list[Candidate]:
+        """The chain, deduplicated and capped; ``checked`` when ``order`` already filtered."""
         seen: set[str] = set()
         chain: list[Candidate] = []
         for spec in specs:
-            if spec.id not in seen and self.admissible(spec):
+            if spec.id not in seen and (checked or self.admissible(spec)):
                 seen.add(spec.id)
                 chain.append(Candidate(spec.provider, spec.id, round(self.cost(spec), 8)))
         if not chain:
@@ -153,7 +156,8 @@ def plan(request: ChatRequest, classified: Classified, settings: Settings) -> li
             return planner.candidates(_resolve(m, settings) for m in alias)
         return _plan_alias(planner, alias, settings)
     if model == "auto":
-        return planner.candidates(planner.order(settings.live_models(), classified.tier))
+        ordered = planner.order(settings.live_models(), classified.tier)
+        return planner.candidates(ordered, checked=True)
     spec = _resolve(model, settings)
     fallbacks = [settings.catalog.get(f) for f in spec.fallbacks]
     if spec.provider not in settings.providers:
@@ -172,7 +176,7 @@ def _plan_alias(planner: _Planner, alias: AliasConfig, settings: Settings) -> li
     if alias.models:
         return planner.candidates(_resolve(m, settings) for m in alias.models)
     tier = alias.tier or planner.classified.tier
-    return planner.candidates(planner.order(settings.live_models(), tier))
+    return planner.candidates(planner.order(settings.live_models(), tier), checked=True)
 
 
 class PlannerActor(HandoffActor):

@@ -39,7 +39,7 @@ def headers_size(headers: dict[str, str] | None) -> int:
     """Bytes the headers take on the wire (``NATS/1.0`` line, ``k: v`` lines, blank line)."""
     if not headers:
         return 0
-    return 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 async def _log_error(exc: Exception) -> None:

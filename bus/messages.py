@@ -183,11 +183,8 @@ class Classified(Struct, omit_defaults=True):
 class Candidate(Struct):
     provider: str
     model: str
+    """The catalog id, ``provider/model``."""
     est_cost_usd: float = 0.0
-
-    @property
-    def ref(self) -> str:
-        return f"{self.provider}/{self.model}"
 
 
 class Failure(Struct, omit_defaults=True):

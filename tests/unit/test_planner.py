@@ -1,0 +1,345 @@
+"""The fallback chain the planner builds: which models, in what order, and why not others."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from omnillm.actors._dispatch import exhausted
+from omnillm.actors.planner import MAX_CHAIN, plan
+from omnillm.bus.messages import Candidate, ChatRequest, Classified, Failure, Message, Route, Tier
+from omnillm.config import Config, Settings, resolve
+from omnillm.errors import NoCandidates, UnknownModel
+
+LOCAL: dict[str, Any] = {"family": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "none"}
+
+INPUT_TOKENS = 1_000
+OUTPUT_TOKENS = 500
+
+
+def model(
+    model_id: str,
+    tier: str,
+    price_in: float,
+    price_out: float,
+    *capabilities: str,
+    fallbacks: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "tier": tier,
+        "price": {"input": price_in, "output": price_out},
+        "capabilities": ["tools", *capabilities],
+        "fallbacks": list(fallbacks),
+    }
+
+
+MODELS = [
+    model("acme/small", "simple", 0.10, 0.40, fallbacks=("bolt/mid", "acme/big")),
+    model("acme/mid", "medium", 0.50, 2.00, "vision"),
+    model("acme/big", "complex", 3.00, 15.00),
+    model("bolt/mid", "medium", 0.30, 1.20),
+    model("bolt/think", "reasoning", 5.00, 25.00, "vision", "reasoning"),
+]
+"""Costs for 1,000 tokens in and 500 out: small 0.0003, bolt/mid 0.0009, acme/mid 0.0015,
+big 0.0105, think 0.0175 (USD)."""
+
+
+def settings(
+    models: list[dict[str, Any]] | None = None,
+    *,
+    disabled: tuple[str, ...] = (),
+    **routing: Any,
+) -> Settings:
+    providers = {name: {**LOCAL, "enabled": name not in disabled} for name in ("acme", "bolt")}
+    raw = {
+        "providers": providers,
+        "models": MODELS if models is None else models,
+        "routing": routing,
+    }
+    return resolve(msgspec.convert(raw, Config), env={})
+
+
+def chat(model: str = "auto", **options: Any) -> ChatRequest:
+    return ChatRequest(messages=[Message(role="user", content="hello")], model=model, **options)
+
+
+def classified(tier: Tier = "medium", *needs: Any) -> Classified:
+    return Classified(
+        tier=tier, needs=list(needs), input_tokens=INPUT_TOKENS, output_tokens=OUTPUT_TOKENS
+    )
+
+
+def ids(chain: list[Candidate]) -> list[str]:
+    return [c.model for c in chain]
+
+
+def chain_for(
+    tier: Tier = "medium",
+    *needs: Any,
+    model: str = "auto",
+    config: Settings | None = None,
+    **options: Any,
+) -> list[str]:
+    return ids(plan(chat(model, **options), classified(tier, *needs), config or settings()))
+
+
+# --- auto ----------------------------------------------------------------------------
+
+
+def test_auto_tries_the_cheapest_capable_model_first_then_stronger_tiers() -> None:
+    assert chain_for("medium") == ["bolt/mid", "acme/mid", "acme/big", "bolt/think"]
+
+
+def test_a_simple_request_goes_to_the_cheap_simple_model_first() -> None:
+    chain = chain_for("simple")
+
+    assert chain[0] == "acme/small"
+    assert chain == ["acme/small", "bolt/mid", "acme/mid", "acme/big", "bolt/think"]
+
+
+def test_a_model_weaker_than_the_tier_is_never_tried_when_a_stronger_one_exists() -> None:
+    chain = chain_for("complex")
+
+    assert chain == ["acme/big", "bolt/think"]
+    assert "acme/small" not in chain
+
+
+def test_with_nothing_strong_enough_the_strongest_model_goes_first() -> None:
+    weak = settings(
+        [
+            model("acme/small", "simple", 0.10, 0.40),
+            model("acme/mid", "medium", 0.50, 2.00),
+            model("bolt/mid", "medium", 0.30, 1.20),
+        ]
+    )
+
+    assert chain_for("reasoning", config=weak) == ["bolt/mid", "acme/mid", "acme/small"]
+
+
+def test_the_chain_is_at_most_five_models_long_and_keeps_the_cheapest() -> None:
+    many = settings([model(f"acme/m{i}", "simple", 0.1 * (i + 1), 0.1 * (i + 1)) for i in range(8)])
+
+    chain = chain_for("simple", config=many)
+
+    assert len(chain) == MAX_CHAIN == 5
+    assert chain == ["acme/m0", "acme/m1", "acme/m2", "acme/m3", "acme/m4"]
+
+
+def test_a_models_estimated_cost_is_its_token_estimate_times_its_prices() -> None:
+    chain = plan(chat(), classified("medium"), settings())
+
+    costs = {c.model: c.est_cost_usd for c in chain}
+    assert costs["acme/mid"] == pytest.approx((INPUT_TOKENS * 0.50 + OUTPUT_TOKENS * 2.00) / 1e6)
+    assert costs["acme/big"] == pytest.approx((INPUT_TOKENS * 3.00 + OUTPUT_TOKENS * 15.00) / 1e6)
+    assert costs["bolt/think"] == pytest.approx(0.0175)
+
+
+def test_candidates_name_their_provider() -> None:
+    chain = plan(chat(), classified("medium"), settings())
+
+    assert [(c.provider, c.model) for c in chain[:2]] == [
+        ("bolt", "bolt/mid"),
+        ("acme", "acme/mid"),
+    ]
+
+
+def test_auto_uses_only_models_of_providers_that_are_live() -> None:
+    chain = chain_for("medium", config=settings(disabled=("bolt",)))
+
+    # Neither the disabled provider nor built-in catalog models without a key appear.
+    assert chain == ["acme/mid", "acme/big"]
+
+
+# --- an explicit model ---------------------------------------------------------------
+
+
+def test_an_explicit_model_goes_first_then_its_fallbacks() -> None:
+    assert chain_for("reasoning", model="acme/small") == ["acme/small", "bolt/mid", "acme/big"]
+
+
+def test_an_explicit_model_without_fallbacks_is_the_whole_chain() -> None:
+    assert chain_for("simple", model="bolt/think") == ["bolt/think"]
+
+
+def test_a_bare_model_name_finds_the_configured_model() -> None:
+    assert chain_for("simple", model="big") == ["acme/big"]
+
+
+def test_an_unknown_model_lists_the_configured_models() -> None:
+    with pytest.raises(UnknownModel) as raised:
+        chain_for(model="acme/nope")
+
+    message = str(raised.value)
+    assert "'acme/nope'" in message
+    assert "acme/big, acme/mid, acme/small, bolt/mid, bolt/think" in message
+    assert raised.value.code == "unknown_model"
+
+
+def test_a_catalog_model_whose_provider_is_not_configured_cannot_be_used() -> None:
+    with pytest.raises(NoCandidates, match=r"provider 'openai' is not configured"):
+        chain_for(model="openai/gpt-4o-mini")
+
+
+# --- needs ---------------------------------------------------------------------------
+
+
+def test_an_image_request_only_goes_to_models_that_see_images() -> None:
+    assert chain_for("medium", "vision") == ["acme/mid", "bolt/think"]
+
+
+def test_an_explicit_model_without_vision_refuses_an_image_request() -> None:
+    with pytest.raises(NoCandidates, match="acme/small does not support vision"):
+        chain_for("simple", "vision", model="acme/small")
+
+
+def test_an_explicit_vision_model_drops_fallbacks_that_cannot_see_images() -> None:
+    config = settings(
+        [
+            model("acme/mid", "medium", 0.50, 2.00, "vision", fallbacks=("acme/big", "bolt/think")),
+            *(m for m in MODELS if m["id"] != "acme/mid"),
+        ]
+    )
+
+    assert chain_for("medium", "vision", model="acme/mid", config=config) == [
+        "acme/mid",
+        "bolt/think",
+    ]
+
+
+def test_a_hard_image_request_falls_back_to_the_strongest_model_that_sees_images() -> None:
+    # The only model that can see images is a simple one; the complex one is blind.
+    config = settings(
+        [
+            model("acme/small", "simple", 0.10, 0.40, "vision"),
+            model("acme/big", "complex", 3.00, 15.00),
+        ]
+    )
+
+    assert chain_for("complex", "vision", config=config) == ["acme/small"]
+
+
+def test_no_model_that_sees_images_raises_no_candidates_saying_why() -> None:
+    blind = settings([model("acme/small", "simple", 0.10, 0.40)])
+
+    with pytest.raises(NoCandidates, match="acme/small does not support vision"):
+        chain_for("simple", "vision", config=blind)
+
+
+# --- allow, deny, budget, strategy ---------------------------------------------------
+
+
+def test_the_config_deny_list_removes_a_provider() -> None:
+    assert chain_for("medium", config=settings(deny=["bolt/*"])) == ["acme/mid", "acme/big"]
+
+
+def test_the_config_deny_list_removes_one_model() -> None:
+    assert "acme/mid" not in chain_for("medium", config=settings(deny=["acme/mid"]))
+
+
+def test_a_request_can_deny_models() -> None:
+    chain = chain_for("medium", route=Route(deny=["acme/mid", "bolt/think"]))
+
+    assert chain == ["bolt/mid", "acme/big"]
+
+
+def test_a_request_can_allow_only_some_models() -> None:
+    assert chain_for("medium", route=Route(allow=["acme/*"])) == ["acme/mid", "acme/big"]
+
+
+def test_a_request_restricted_to_weak_models_still_gets_the_strongest_of_them() -> None:
+    # "Only my cheap models" on a hard question: the best allowed model, not an error.
+    chain = chain_for("complex", route=Route(allow=["acme/small", "bolt/mid"]))
+
+    assert chain == ["bolt/mid", "acme/small"]
+
+
+def test_denying_everything_raises_no_candidates_saying_why() -> None:
+    with pytest.raises(NoCandidates, match="denied by the routing deny list"):
+        chain_for("medium", route=Route(deny=["acme", "bolt"]))
+
+
+def test_max_cost_drops_models_estimated_over_the_budget() -> None:
+    chain = chain_for("simple", route=Route(max_cost_usd=0.002))
+
+    assert chain == ["acme/small", "bolt/mid", "acme/mid"]
+
+
+def test_max_cost_below_every_model_raises_no_candidates() -> None:
+    with pytest.raises(NoCandidates, match="over max_cost_usd"):
+        chain_for("simple", route=Route(max_cost_usd=0.0001))
+
+
+def test_priority_strategy_orders_by_the_configured_provider_priority() -> None:
+    config = settings(strategy="priority", priority=["bolt", "acme"])
+
+    assert chain_for("medium", config=config) == ["bolt/mid", "bolt/think", "acme/mid", "acme/big"]
+
+
+def test_a_request_can_ask_for_the_priority_strategy() -> None:
+    config = settings(priority=["acme", "bolt"])
+
+    assert chain_for("medium", config=config, route=Route(strategy="priority")) == [
+        "acme/mid",
+        "acme/big",
+        "bolt/mid",
+        "bolt/think",
+    ]
+
+
+# --- aliases -------------------------------------------------------------------------
+
+
+def test_a_list_alias_is_tried_in_the_order_written() -> None:
+    config = settings(aliases={"fast": ["bolt/think", "acme/small"]})
+
+    assert chain_for("simple", model="fast", config=config) == ["bolt/think", "acme/small"]
+
+
+def test_a_tier_alias_plans_for_that_tier_whatever_the_classification() -> None:
+    config = settings(aliases={"smart": {"tier": "complex"}})
+
+    assert chain_for("simple", model="smart", config=config) == ["acme/big", "bolt/think"]
+
+
+def test_an_alias_still_honours_the_deny_list() -> None:
+    config = settings(aliases={"fast": ["bolt/think", "acme/small"]}, deny=["bolt/*"])
+
+    assert chain_for("simple", model="fast", config=config) == ["acme/small"]
+
+
+# --- exhausted -----------------------------------------------------------------------
+
+
+def test_exhausted_names_the_first_failure_first_and_keeps_its_code() -> None:
+    failures = [
+        Failure(
+            code="rate_limited", message="acme/mid: 429 slow down", retryable=True, provider="acme"
+        ),
+        Failure(code="provider_unavailable", message="bolt/mid: 503", provider="bolt"),
+        Failure(code="no_caller", message="acme/big: no caller for provider acme"),
+    ]
+
+    result = exhausted(failures)
+
+    assert result.code == "rate_limited"
+    assert result.provider == "acme"
+    assert result.retryable is True
+    assert result.message == (
+        "acme/mid: 429 slow down; then bolt/mid: 503; acme/big: no caller for provider acme"
+    )
+
+
+def test_exhausted_with_one_failure_is_that_failure() -> None:
+    only = Failure(code="authentication_failed", message="acme/mid: bad key", provider="acme")
+
+    assert exhausted([only]) == only
+
+
+def test_exhausted_with_no_failures_says_nothing_was_left_to_try() -> None:
+    result = exhausted([])
+
+    assert result.code == "no_candidates"
+    assert "no candidate" in result.message

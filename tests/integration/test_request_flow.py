@@ -273,3 +273,46 @@ async def test_a_provider_without_its_key_is_reported_not_called(
     assert frames[0].code == "authentication_failed"
     assert frames[0].message == "mock/mock-small: no API key (set OMNI_TEST_KEY_NOBODY_SET)"
     assert mock_provider.requests_served == 0
+
+
+async def test_tool_calls_stream_through_and_assemble_in_complete(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    async with running(mock_settings(mock_provider), nats_server.url):
+        async with client_for(nats_server.url) as client:
+            completion = await client.complete(ask("find the docs", tools=[tool]))
+    assert completion.finish_reason == "tool_calls"
+    assert completion.text == ""
+    [call] = completion.tool_calls
+    assert call.function.name == "lookup"
+    assert msgspec.json.decode(call.function.arguments) == {"input": "find the docs"}
+    assert call.id.startswith("call_")
+
+
+async def test_a_busy_caller_sends_the_request_to_the_next_candidate(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    mock_provider.settings.token_delay_s = 0.05
+    base = {"family": "openai", "base_url": mock_provider.base_url, "api_key": "none"}
+    settings = mock_settings(
+        mock_provider,
+        providers={"mock": {**base, "max_concurrency": 1}, "spare": base},
+        models=[
+            {
+                "id": "mock/mock-small",
+                "price": {"input": 0, "output": 0},
+                "fallbacks": ["spare/mock-small"],
+            },
+            {"id": "spare/mock-small", "price": {"input": 0, "output": 0}},
+        ],
+    )
+    async with running(settings, nats_server.url):
+        async with client_for(nats_server.url) as client:
+            first = client.stream(ask("slow one", model="mock/mock-small"))
+            assert isinstance(await anext(first), Start)
+            assert isinstance(await anext(first), Delta)  # the only mock worker is busy now
+            second = await client.complete(ask("second", model="mock/mock-small"))
+            rest = [frame async for frame in first]
+    assert (second.provider, second.attempts) == ("spare", 2)
+    assert isinstance(rest[-1], Done) and rest[-1].provider == "mock"

@@ -217,6 +217,8 @@ class CallerActor(HandoffActor):
             envelope.request, model=attempt.spec.model, stream=True, options=self.live.spec.options
         )
         headers = {**self._headers, **wire.headers}
+        if wire.auth is not None and wire.auth != self.live.spec.auth:
+            headers = {**self.live.headers(auth=wire.auth), **wire.headers}
         url = self._base_url + wire.path
         assert self._http is not None
         try:
@@ -233,7 +235,7 @@ class CallerActor(HandoffActor):
             raise _transport_error(exc, self.provider) from exc
 
     async def _pump(self, chunks: AsyncIterator[bytes], attempt: _Attempt) -> None:
-        parser = self.family.stream_parser()
+        parser = self.family.stream_parser(attempt.spec.model)
         while not attempt.done:
             limit = self.reliability.stall_timeout_s
             if not attempt.streamed:

@@ -27,7 +27,7 @@ from msgspec import Struct
 from omnillm.bus.messages import Tier
 from omnillm.bus.subjects import check_token
 from omnillm.errors import ConfigError
-from omnillm.providers.base import WireOptions
+from omnillm.providers.base import AuthStyle, WireOptions
 from omnillm.providers.catalog import (
     CAPABILITIES,
     Catalog,
@@ -571,9 +571,11 @@ class LiveProvider:
         """It needs a key and has none: the caller reports this instead of calling."""
         return self.api_key is None and self.spec.auth != "none"
 
-    def headers(self) -> dict[str, str]:
-        """Fixed headers plus auth, for every request to this provider."""
-        return auth_headers(self.spec, self.api_key)
+    def headers(self, *, auth: AuthStyle | None = None) -> dict[str, str]:
+        """Fixed headers plus auth (in the provider's style, or ``auth`` when a route needs
+        another), for every request to this provider."""
+        spec = self.spec if auth is None else msgspec.structs.replace(self.spec, auth=auth)
+        return auth_headers(spec, self.api_key)
 
     def __repr__(self) -> str:
         key = "<missing>" if self.missing_key else "<none>" if self.api_key is None else "<set>"

@@ -20,8 +20,10 @@
     └── ProviderError                 an upstream provider failed; fields say what the caller can do
         ├── ProviderTimeout           connect, first token, stall
         ├── RateLimited               429; ``retry_after`` when the provider said
-        ├── ProviderUnavailable       5xx, overloaded, connection reset
-        ├── AuthenticationFailed      401/403: the key is bad or lacks access
+        ├── ProviderUnavailable       5xx, connection reset
+        │   └── Overloaded            capacity, not quota (Anthropic's 529)
+        ├── AuthenticationFailed      401/403: the key is bad, lacks access or credit
+        │   └── FreeTierRefused       a free tier that refuses this client (permanent)
         ├── ModelNotFound             404 / unknown model upstream
         ├── ContextLengthExceeded     the prompt does not fit this model
         ├── ContentPolicy             the provider refused on policy grounds
@@ -45,6 +47,7 @@ __all__ = [
     "ContextLengthExceeded",
     "DeadlineExceeded",
     "FirstFrameTimeout",
+    "FreeTierRefused",
     "InvalidRequest",
     "MalformedResponse",
     "ModelNotFound",
@@ -52,6 +55,7 @@ __all__ = [
     "NoCandidates",
     "NoRouter",
     "OmniLLMError",
+    "Overloaded",
     "ProviderError",
     "ProviderTimeout",
     "ProviderUnavailable",
@@ -166,8 +170,16 @@ class ProviderUnavailable(ProviderError):
     retryable = True
 
 
+class Overloaded(ProviderUnavailable):
+    code = "overloaded"
+
+
 class AuthenticationFailed(ProviderError):
     code = "authentication_failed"
+
+
+class FreeTierRefused(AuthenticationFailed):
+    code = "free_tier_refused"
 
 
 class ModelNotFound(ProviderError):

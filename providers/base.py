@@ -8,14 +8,17 @@ response with :meth:`WireFamily.parse_error`.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from msgspec import Struct
 
 from omnillm.bus.messages import ChatRequest, TokenUsage, ToolCall, ToolCallDelta
 from omnillm.errors import ProviderError
 
+AuthStyle = Literal["bearer", "api-key", "x-api-key", "x-goog-api-key", "none"]
+
 __all__ = [
+    "AuthStyle",
     "ParsedResponse",
     "StreamParser",
     "StreamUpdate",
@@ -32,6 +35,13 @@ class WireOptions(Struct, frozen=True):
     """``max_tokens`` or ``max_completion_tokens`` (OpenAI and Azure reasoning models)."""
     stream_usage: bool = True
     """Send ``stream_options.include_usage`` (some compatible servers reject it)."""
+    chat_path: str | None = None
+    """The request path when it differs from the family's; ``{model}`` is filled in
+    (Azure: ``/deployments/{model}/chat/completions``)."""
+    query: dict[str, str] = {}
+    """Query parameters every request carries (Azure: ``api-version``)."""
+    tool_id_style: Literal["any", "mistral9"] = "any"
+    """Mistral accepts only 9-character alphanumeric tool call ids."""
 
 
 class WireRequest(Struct):
@@ -40,6 +50,9 @@ class WireRequest(Struct):
     body: bytes
     headers: dict[str, str] = {}
     method: str = "POST"
+    auth: AuthStyle | None = None
+    """The auth header this route reads, when it is not the provider's usual one
+    (OpenCode Zen's routes differ). The caller adds the key; adapters never see it."""
 
 
 class StreamUpdate(Struct):
@@ -81,9 +94,9 @@ class WireFamily(Protocol):
         self, request: ChatRequest, *, model: str, stream: bool, options: WireOptions
     ) -> WireRequest: ...
 
-    def stream_parser(self) -> StreamParser: ...
+    def stream_parser(self, model: str) -> StreamParser: ...
 
-    def parse_response(self, body: bytes) -> ParsedResponse: ...
+    def parse_response(self, body: bytes, model: str) -> ParsedResponse: ...
 
     def parse_error(
         self, status: int, body: bytes, headers: dict[str, str], *, provider: str

@@ -10,11 +10,9 @@ is not told whose stream it reads, so the caller fills ``error.provider`` in.
 
 from __future__ import annotations
 
-import http
-import re
-import time
-from email.utils import parsedate_to_datetime
+import hashlib
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import msgspec
 from msgspec import UNSET, Struct
@@ -28,16 +26,10 @@ from omnillm.bus.messages import (
     ToolCallDelta,
 )
 from omnillm.errors import (
-    AuthenticationFailed,
-    BadUpstreamRequest,
-    ContentPolicy,
-    ContextLengthExceeded,
     MalformedResponse,
-    ModelNotFound,
     ProviderError,
-    ProviderUnavailable,
-    RateLimited,
 )
+from omnillm.providers._errors import body_text, make_error
 from omnillm.providers.base import (
     ParsedResponse,
     StreamUpdate,
@@ -47,12 +39,13 @@ from omnillm.providers.base import (
 )
 from omnillm.providers.sse import SSEDecoder, SSEEvent
 
-__all__ = ["FAMILY", "OpenAIChatFamily", "OpenAIChatStreamParser"]
+__all__ = ["FAMILY", "OpenAIChatFamily", "OpenAIChatStreamParser", "mistral_tool_id"]
 
 _PATH: Final = "/chat/completions"
 _HEADERS: Final = {"Content-Type": "application/json"}
 _OPTIONAL_FIELDS: Final = ("tools", "tool_choice", "temperature", "stop")
 _DONE: Final = b"[DONE]"
+_BASE62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SNIPPET_BYTES: Final = 200
 """How much of a bad body or frame an error message quotes."""
 
@@ -143,19 +136,40 @@ _error_decoder: Final = msgspec.json.Decoder(_ErrorBody)
 # --- request --------------------------------------------------------------------------
 
 
-def _message(message: Message) -> dict[str, Any]:
+def _path(model: str, options: WireOptions) -> str:
+    path = options.chat_path.format(model=model) if options.chat_path else _PATH
+    return f"{path}?{urlencode(options.query)}" if options.query else path
+
+
+def mistral_tool_id(tool_id: str) -> str:
+    """A stable 9-character alphanumeric id for ``tool_id`` (Mistral rejects others)."""
+    if len(tool_id) == 9 and tool_id.isascii() and tool_id.isalnum():
+        return tool_id
+    number = int.from_bytes(hashlib.sha256(tool_id.encode()).digest()[:8], "big")
+    digits = []
+    for _ in range(9):
+        number, digit = divmod(number, 62)
+        digits.append(_BASE62[digit])
+    return "".join(digits)
+
+
+def _message(message: Message, options: WireOptions) -> dict[str, Any]:
+    rename = mistral_tool_id if options.tool_id_style == "mistral9" else str
     wire: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.name is not UNSET:
         wire["name"] = message.name
     if message.tool_calls is not UNSET:
-        wire["tool_calls"] = message.tool_calls
+        wire["tool_calls"] = [
+            ToolCall(id=rename(call.id), function=call.function) for call in message.tool_calls
+        ]
     if message.tool_call_id is not UNSET:
-        wire["tool_call_id"] = message.tool_call_id
+        wire["tool_call_id"] = rename(message.tool_call_id)
     return wire
 
 
 def _body(request: ChatRequest, model: str, stream: bool, options: WireOptions) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in request.messages]}
+    messages = [_message(m, options) for m in request.messages]
+    body: dict[str, Any] = {"model": model, "messages": messages}
     for field in _OPTIONAL_FIELDS:
         value = getattr(request, field)
         if value is not UNSET:
@@ -321,24 +335,9 @@ def _parsed(response: _Response) -> ParsedResponse:
 
 # --- errors ---------------------------------------------------------------------------
 
-_CONTEXT_LENGTH: Final = re.compile(
-    r"maximum context length is \d+"  # OpenAI, Azure, DeepSeek, OpenRouter
-    r"|maximum prompt length is \d+"  # xAI
-    r"|exceeded model token limit|input token length too long"  # Moonshot
-    r"|prompt contains \d+ tokens.*too large for model"  # Mistral
-    r"|too many tokens"  # Cohere
-    r"|prompt is too long"  # Anthropic models behind a proxy
-    r"|input token count.*exceeds the maximum",  # Gemini
-    re.IGNORECASE | re.DOTALL,
-)
-_CONTENT_POLICY: Final = re.compile(
-    r"safety system|content management policy|content_filter", re.IGNORECASE
-)
-_CONTENT_POLICY_CODES: Final = frozenset({"content_policy_violation", "content_filter"})
-_NO_QUOTA: Final = "insufficient_quota"
 _STATUS_FOR_CODE: Final = {
     "rate_limit_exceeded": 429,
-    _NO_QUOTA: 429,
+    "insufficient_quota": 429,
     "invalid_api_key": 401,
     "model_not_found": 404,
     "context_length_exceeded": 400,
@@ -349,30 +348,6 @@ _STATUS_FOR_CODE: Final = {
 """The HTTP status an error code stands for when it arrives inside a 200 body."""
 
 
-def _error_class(status: int, code: str | None, message: str) -> type[ProviderError]:
-    if code == _NO_QUOTA:
-        return AuthenticationFailed
-    if status == 429:
-        return RateLimited
-    if status in (401, 403):
-        return AuthenticationFailed
-    if status == 404:
-        return ModelNotFound
-    if status in (408, 409) or status >= 500:
-        return ProviderUnavailable
-    if code == "context_length_exceeded" or _CONTEXT_LENGTH.search(message):
-        return ContextLengthExceeded
-    if code in _CONTENT_POLICY_CODES or _CONTENT_POLICY.search(message):
-        return ContentPolicy
-    return BadUpstreamRequest if status >= 400 else ProviderUnavailable
-
-
-def _describe(status: int, code: str | None, message: str) -> str:
-    if code == _NO_QUOTA:
-        return f"{status} the account has no quota left: {message}"
-    return f"{status} {message}"
-
-
 def _in_band_error(error: _ErrorDetail) -> ProviderError:
     """An error sent inside a 200 body or stream (OpenRouter style); no provider is known here."""
     code = None if error.code is None else str(error.code)
@@ -381,8 +356,7 @@ def _in_band_error(error: _ErrorDetail) -> ProviderError:
     else:
         status = _STATUS_FOR_CODE.get(code or error.type or "", 500)
     message = error.message or code or "unknown error"
-    cls = _error_class(status, code, message)
-    return cls(f"{_describe(status, code, message)} (inside a 200 response)", status_code=status)
+    return make_error(status, code, message, in_band=True)
 
 
 def _error_fields(status: int, body: bytes) -> tuple[str | None, str]:
@@ -390,7 +364,7 @@ def _error_fields(status: int, body: bytes) -> tuple[str | None, str]:
     try:
         parsed = _error_decoder.decode(body)
     except msgspec.DecodeError:
-        return None, _body_text(status, body)
+        return None, body_text(status, body)
     error, code = parsed.error, parsed.code
     if isinstance(error, _ErrorDetail):
         code = error.code if error.code is not None else code
@@ -398,37 +372,7 @@ def _error_fields(status: int, body: bytes) -> tuple[str | None, str]:
     else:
         message = error or parsed.message or parsed.detail
     code_text = None if code is None else str(code)
-    return code_text, str(message) if message else _body_text(status, body)
-
-
-def _body_text(status: int, body: bytes) -> str:
-    text = body[:_SNIPPET_BYTES].decode("utf-8", "replace").strip()
-    if text:
-        return text + ("..." if len(body) > _SNIPPET_BYTES else "")
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "error"
-
-
-def _retry_after(headers: dict[str, str]) -> float | None:
-    """Seconds to wait, from ``retry-after-ms`` first, then ``retry-after`` (seconds or date)."""
-    lower = {name.lower(): value for name, value in headers.items()}
-    try:
-        if "retry-after-ms" in lower:
-            return max(float(lower["retry-after-ms"]) / 1000, 0.0)
-        if "retry-after" in lower:
-            return _seconds_or_date(lower["retry-after"])
-    except (ValueError, TypeError, OverflowError):
-        return None
-    return None
-
-
-def _seconds_or_date(value: str) -> float:
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    return code_text, str(message) if message else body_text(status, body)
 
 
 # --- the family -----------------------------------------------------------------------
@@ -441,25 +385,19 @@ class OpenAIChatFamily:
         self, request: ChatRequest, *, model: str, stream: bool, options: WireOptions
     ) -> WireRequest:
         body = _encoder.encode(_body(request, model, stream, options))
-        return WireRequest(path=_PATH, body=body, headers=dict(_HEADERS))
+        return WireRequest(path=_path(model, options), body=body, headers=dict(_HEADERS))
 
-    def stream_parser(self) -> OpenAIChatStreamParser:
+    def stream_parser(self, model: str) -> OpenAIChatStreamParser:
         return OpenAIChatStreamParser()
 
-    def parse_response(self, body: bytes) -> ParsedResponse:
+    def parse_response(self, body: bytes, model: str) -> ParsedResponse:
         return _parsed(_decode_response(body))
 
     def parse_error(
         self, status: int, body: bytes, headers: dict[str, str], *, provider: str
     ) -> ProviderError:
         code, message = _error_fields(status, body)
-        cls = _error_class(status, code, message)
-        return cls(
-            f"{provider}: {_describe(status, code, message)}",
-            provider=provider,
-            status_code=status,
-            retry_after=_retry_after(headers),
-        )
+        return make_error(status, code, message, provider=provider, headers=headers)
 
 
 FAMILY: Final[WireFamily] = OpenAIChatFamily()

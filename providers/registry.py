@@ -17,7 +17,7 @@ from typing import Final, Literal, get_args
 
 import msgspec
 
-from omnillm.providers.base import WireOptions
+from omnillm.providers.base import AuthStyle, WireOptions
 
 __all__ = [
     "AUTH_STYLES",
@@ -32,7 +32,6 @@ __all__ = [
 Family = Literal["openai", "anthropic", "gemini", "cohere", "opencode"]
 FAMILIES: Final[tuple[Family, ...]] = get_args(Family)
 
-AuthStyle = Literal["bearer", "api-key", "x-api-key", "x-goog-api-key", "none"]
 AUTH_STYLES: Final[tuple[AuthStyle, ...]] = get_args(AuthStyle)
 
 

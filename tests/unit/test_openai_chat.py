@@ -29,6 +29,7 @@ from omnillm.errors import (
     ContextLengthExceeded,
     MalformedResponse,
     ModelNotFound,
+    Overloaded,
     ProviderError,
     ProviderUnavailable,
     RateLimited,
@@ -114,7 +115,7 @@ def collect(updates: list[StreamUpdate]) -> Collected:
 
 
 def stream(*reads: bytes) -> Collected:
-    parser = FAMILY.stream_parser()
+    parser = FAMILY.stream_parser("gpt-4.1-mini")
     return collect([*(parser.feed(data) for data in reads), parser.close()])
 
 
@@ -278,7 +279,7 @@ def test_tool_call_stream_reassembles_both_calls():
 
 
 def test_fragments_of_one_call_in_one_read_are_merged():
-    update = FAMILY.stream_parser().feed(fixture("stream_tool_call.sse"))
+    update = FAMILY.stream_parser("gpt-4.1-mini").feed(fixture("stream_tool_call.sse"))
 
     paris, lyon = '{"location":"Paris"}', '{"location":"Lyon"}'
     assert update.tool_calls == [
@@ -288,7 +289,7 @@ def test_fragments_of_one_call_in_one_read_are_merged():
 
 
 def test_one_read_carrying_several_frames_becomes_one_update():
-    update = FAMILY.stream_parser().feed(fixture("stream_text.sse"))
+    update = FAMILY.stream_parser("gpt-4.1-mini").feed(fixture("stream_text.sse"))
 
     assert update == StreamUpdate(
         text="Hello there.",
@@ -321,7 +322,7 @@ def test_a_stream_with_other_line_endings_gives_the_same_result(eol):
 
 
 def test_done_is_reported_only_once_done_arrives_and_then_stays():
-    parser = FAMILY.stream_parser()
+    parser = FAMILY.stream_parser("gpt-4.1-mini")
 
     assert parser.feed(text_chunk("Hi")).done is False
     assert parser.feed(b"data: [DONE]\n\n").done is True
@@ -336,7 +337,7 @@ def test_a_stream_cut_before_done_is_not_done():
 
 
 def test_close_flushes_a_last_frame_without_a_blank_line():
-    parser = FAMILY.stream_parser()
+    parser = FAMILY.stream_parser("gpt-4.1-mini")
 
     assert parser.feed(text_chunk("Hi").rstrip(b"\n")).text == ""
     assert parser.close().text == "Hi"
@@ -371,7 +372,7 @@ def test_null_usage_details_count_as_zero():
 
 
 def test_null_usage_is_no_usage():
-    update = FAMILY.stream_parser().feed(chunk(choices=[], usage=None))
+    update = FAMILY.stream_parser("gpt-4.1-mini").feed(chunk(choices=[], usage=None))
 
     assert update.usage is None
 
@@ -379,7 +380,7 @@ def test_null_usage_is_no_usage():
 def test_the_last_finish_reason_of_a_read_wins():
     finish = chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "length"}])
 
-    update = FAMILY.stream_parser().feed(finish + text_chunk("") + chunk(choices=[]))
+    update = FAMILY.stream_parser("gpt-4.1-mini").feed(finish + text_chunk("") + chunk(choices=[]))
 
     assert update.finish_reason == "length"
 
@@ -438,7 +439,7 @@ def test_frames_after_done_are_ignored():
 
 
 def test_an_error_inside_the_stream_raises_the_mapped_error():
-    parser = FAMILY.stream_parser()
+    parser = FAMILY.stream_parser("gpt-4.1-mini")
 
     with pytest.raises(ProviderUnavailable) as caught:
         parser.feed(fixture("stream_openrouter_midstream_error.sse"))
@@ -488,7 +489,7 @@ def test_a_frame_of_the_wrong_shape_raises_malformed_response():
 
 
 def test_text_response_is_parsed():
-    parsed = FAMILY.parse_response(fixture("response_text.json"))
+    parsed = FAMILY.parse_response(fixture("response_text.json"), "gpt-4.1-mini")
 
     assert parsed == ParsedResponse(
         text="Hello there, nice to meet!",
@@ -499,7 +500,7 @@ def test_text_response_is_parsed():
 
 
 def test_tool_call_response_is_parsed():
-    parsed = FAMILY.parse_response(fixture("response_tool_call.json"))
+    parsed = FAMILY.parse_response(fixture("response_tool_call.json"), "gpt-4.1-mini")
 
     assert parsed.text == ""
     assert parsed.finish_reason == "tool_calls"
@@ -521,14 +522,14 @@ def test_tool_call_response_is_parsed():
 )
 def test_a_response_without_an_answer_is_malformed(body, problem):
     with pytest.raises(MalformedResponse, match=problem):
-        FAMILY.parse_response(body)
+        FAMILY.parse_response(body, "gpt-4.1-mini")
 
 
 def test_an_error_in_a_200_body_raises_the_mapped_error():
     body = b'{"error": {"code": 502, "message": "upstream died"}}'
 
     with pytest.raises(ProviderUnavailable, match="upstream died"):
-        FAMILY.parse_response(body)
+        FAMILY.parse_response(body, "gpt-4.1-mini")
 
 
 # --- errors --------------------------------------------------------------------------
@@ -626,14 +627,14 @@ def test_content_policy_refusals_are_mapped(error_body):
         (500, ProviderUnavailable),
         (502, ProviderUnavailable),
         (503, ProviderUnavailable),
-        (529, ProviderUnavailable),
+        (529, Overloaded),
     ],
 )
 def test_statuses_map_to_what_the_caller_can_do(status, expected):
     error = parse_error(status, {"error": {"message": "something went wrong"}})
 
     assert type(error) is expected
-    assert error.retryable is (expected is ProviderUnavailable)
+    assert error.retryable is issubclass(expected, ProviderUnavailable)
     assert error.message == f"openai: {status} something went wrong"
     assert error.status_code == status
 
@@ -687,7 +688,7 @@ def test_insufficient_quota_is_not_retryable():
     assert isinstance(error, AuthenticationFailed)
     assert not error.retryable
     assert error.message == (
-        "openai: 429 the account has no quota left: You exceeded your current quota."
+        "openai: 429 the account has no quota or credit left: You exceeded your current quota."
     )
 
 

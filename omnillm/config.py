@@ -125,6 +125,8 @@ class ProviderConfig(_Section, frozen=True):
     max_concurrency: int = 64
     max_tokens_field: str | None = None
     stream_usage: bool | None = None
+    api_version: str | None = None
+    """Azure's ``api-version`` query parameter (default 2024-10-21)."""
     enabled: bool = True
 
     def __repr__(self) -> str:
@@ -660,6 +662,18 @@ def _merge(name: str, provider: ProviderConfig) -> ProviderSpec:
     base_url = provider.base_url or (base.base_url if base else None)
     assert family is not None and base_url is not None  # _problems checked both
     options = base.options if base else WireOptions()
+    options = msgspec.structs.replace(
+        options,
+        max_tokens_field=provider.max_tokens_field or options.max_tokens_field,
+        stream_usage=_or(provider.stream_usage, options.stream_usage),
+    )
+    if provider.api_version is not None:
+        options = msgspec.structs.replace(
+            options, query={**options.query, "api-version": provider.api_version}
+        )
+    if name == "azure" and base_url.rstrip("/").endswith("/openai/v1"):
+        # Azure's v1 API takes the deployment as the model, with no api-version.
+        options = msgspec.structs.replace(options, chat_path=None, query={})
     return ProviderSpec(
         name=name,
         family=family,
@@ -667,10 +681,7 @@ def _merge(name: str, provider: ProviderConfig) -> ProviderSpec:
         auth=base.auth if base else "bearer",
         key_env=base.key_env if base else None,
         headers={**(base.headers if base else {}), **provider.headers},
-        options=WireOptions(
-            max_tokens_field=provider.max_tokens_field or options.max_tokens_field,
-            stream_usage=_or(provider.stream_usage, options.stream_usage),
-        ),
+        options=options,
         requires_base_url=base.requires_base_url if base else False,
     )
 

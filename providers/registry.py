@@ -84,6 +84,8 @@ _ROWS: Final[tuple[ProviderSpec, ...]] = (
         family="openai",
         base_url="https://openrouter.ai/api/v1",
         key_env="OPENROUTER_API_KEY",
+        # Attribution on openrouter.ai; providers.openrouter.headers can set HTTP-Referer.
+        headers={"X-Title": "OmniLLM"},
     ),
     ProviderSpec(
         name="openai",
@@ -122,14 +124,19 @@ _ROWS: Final[tuple[ProviderSpec, ...]] = (
         base_url="https://api.moonshot.ai/v1",
         key_env="MOONSHOT_API_KEY",
     ),
-    # The v1 API: https://{resource}.openai.azure.com/openai/v1, model = deployment name.
+    # base_url: https://{resource}.openai.azure.com/openai; the model is the deployment.
+    # A base_url ending in /openai/v1 selects Azure's v1 API instead (no api-version).
     ProviderSpec(
         name="azure",
         family="openai",
         base_url="",
         auth="api-key",
         key_env="AZURE_OPENAI_API_KEY",
-        options=_MAX_COMPLETION_TOKENS,
+        options=WireOptions(
+            max_tokens_field="max_completion_tokens",
+            chat_path="/deployments/{model}/chat/completions",
+            query={"api-version": "2024-10-21"},
+        ),
         requires_base_url=True,
     ),
     # Anyscale Endpoints closed on 2024-08-01; what remains is a self-deployed
@@ -158,6 +165,7 @@ _ROWS: Final[tuple[ProviderSpec, ...]] = (
         family="openai",
         base_url="https://api.mistral.ai/v1",
         key_env="MISTRAL_API_KEY",
+        options=WireOptions(tool_id_style="mistral9"),
     ),
     ProviderSpec(
         name="cohere",

@@ -31,7 +31,7 @@ from omnillm.bus.messages import (
 from omnillm.bus.stream import send_failure
 from omnillm.config import AliasConfig, Settings
 from omnillm.errors import NoCandidates, RequestError, UnknownModel
-from omnillm.providers.catalog import ModelSpec
+from omnillm.providers.catalog import ModelSpec, rates_for
 
 __all__ = ["PlannerActor", "estimate_cost", "plan"]
 
@@ -42,10 +42,10 @@ _NEED_CAPABILITY: Final = {"vision": "vision", "tools": "tools"}
 
 
 def estimate_cost(spec: ModelSpec, classified: Classified) -> float:
-    """Estimated input tokens x input price + expected output tokens x output price."""
-    return (
-        classified.input_tokens * spec.price.input + classified.output_tokens * spec.price.output
-    ) / 1e6
+    """Estimated input tokens x input price + expected output tokens x output price, at the
+    rates a prompt that size is billed at (long-context tiers included)."""
+    price = rates_for(spec, classified.input_tokens)
+    return (classified.input_tokens * price.input + classified.output_tokens * price.output) / 1e6
 
 
 def _matches(spec: ModelSpec, patterns: Iterable[str]) -> bool:

@@ -33,6 +33,7 @@ from omnillm.providers.catalog import (
     Catalog,
     ModelSpec,
     Price,
+    PriceTier,
     load_builtin_catalog,
     split_model_id,
 )
@@ -140,25 +141,40 @@ class ProviderConfig(_Section, frozen=True):
 
 
 class PriceConfig(_Section, frozen=True):
-    """USD per million tokens."""
+    """USD per million tokens; a field left out keeps the catalog's value (else 0)."""
 
-    input: float = 0
-    output: float = 0
+    input: float | None = None
+    output: float | None = None
     cached_input: float | None = None
     cache_write: float | None = None
 
 
+class PriceTierConfig(PriceConfig, frozen=True):
+    """Rates for a prompt over ``threshold_tokens`` (long-context pricing)."""
+
+    threshold_tokens: int = 0
+
+
 class ModelConfig(_Section, frozen=True):
+    """A model added to the catalog, or fields overriding a shipped row with the same id.
+
+    Every field but ``id`` may be left out: an override keeps the shipped value, a new
+    model gets the defaults (128,000 context, 4,096 output, price 0, tier medium).
+    """
+
     id: str
     """``provider/model``."""
     model: str | None = None
     """The upstream name, when it differs from the id's tail."""
-    context_window: int = 128000
-    max_output: int = 4096
-    price: PriceConfig = PriceConfig()
-    capabilities: list[str] = []
-    tier: Tier = "medium"
-    fallbacks: list[str] = []
+    context_window: int | None = None
+    max_output: int | None = None
+    price: PriceConfig | None = None
+    price_above: PriceTierConfig | None = None
+    capabilities: list[str] | None = None
+    tier: Tier | None = None
+    fallbacks: list[str] | None = None
+    as_of: str | None = None
+    source: str | None = None
 
 
 class AliasConfig(_Section, frozen=True):
@@ -336,7 +352,9 @@ def _one_of(allowed: Iterable[object], got: str) -> str:
 
 
 def _words(types: str) -> str:
-    return " or ".join(_TYPE_WORDS.get(t, t) for t in types.split(" | "))
+    # "null" only means "not given" for an optional key: not what a user should write.
+    kinds = [t for t in types.split(" | ") if t != "null"] or ["null"]
+    return " or ".join(_TYPE_WORDS.get(t, t) for t in kinds)
 
 
 def _segments(path: str) -> list[str | int]:
@@ -494,17 +512,20 @@ def _model(
         return
     if provider not in BUILTIN_PROVIDERS and provider not in providers:
         yield f"{where}.id", f"unknown provider '{provider}' (declare it under providers:)"
-    for key in ("input", "output", "cached_input", "cache_write"):
-        price = getattr(model.price, key)
-        if price is not None and price < 0:
-            yield f"{where}.price.{key}", f"expected a price of 0 or more, got {price:g}"
+    for section in ("price", "price_above"):
+        rates = getattr(model, section)
+        for key in ("input", "output", "cached_input", "cache_write"):
+            price = getattr(rates, key) if rates is not None else None
+            if price is not None and price < 0:
+                yield f"{where}.{section}.{key}", f"expected a price of 0 or more, got {price:g}"
     for key in ("context_window", "max_output"):
-        if getattr(model, key) < 1:
-            yield f"{where}.{key}", f"expected 1 or more, got {getattr(model, key)}"
-    for i, capability in enumerate(model.capabilities):
+        value = getattr(model, key)
+        if value is not None and value < 1:
+            yield f"{where}.{key}", f"expected 1 or more, got {value}"
+    for i, capability in enumerate(model.capabilities or ()):
         if capability not in CAPABILITIES:
             yield f"{where}.capabilities[{i}]", _one_of(CAPABILITIES, capability)
-    yield from _known_models(f"{where}.fallbacks", model.fallbacks, known)
+    yield from _known_models(f"{where}.fallbacks", model.fallbacks or [], known)
 
 
 def _known_models(where: str, ids: list[str], known: set[str]) -> Iterator[Problem]:
@@ -615,7 +636,8 @@ def resolve(config: Config, *, env: Mapping[str, str] | None = None) -> Settings
     """
     env = os.environ if env is None else env
     _raise_first(_problems(config), label=None)
-    catalog = Catalog([*load_builtin_catalog(), *map(_model_spec, config.models)])
+    builtin = load_builtin_catalog()
+    catalog = Catalog([*builtin, *(_model_spec(m, builtin.get(m.id)) for m in config.models)])
     live = {
         name: _live(name, provider, env)
         for name, provider in config.providers.items()
@@ -628,22 +650,56 @@ def resolve(config: Config, *, env: Mapping[str, str] | None = None) -> Settings
     return Settings(config, catalog, live)
 
 
-def _model_spec(model: ModelConfig) -> ModelSpec:
-    price = model.price
-    return ModelSpec(
-        id=model.id,
-        model=model.model or "",
-        context_window=model.context_window,
-        max_output=model.max_output,
-        price=Price(
-            input=price.input,
-            output=price.output,
-            cached_input=price.cached_input,
-            cache_write=price.cache_write,
-        ),
-        capabilities=frozenset(model.capabilities),
-        tier=model.tier,
-        fallbacks=tuple(model.fallbacks),
+def _model_spec(model: ModelConfig, base: ModelSpec | None) -> ModelSpec:
+    """The config row over the shipped one (when there is one), field by field."""
+    if base is None:
+        base = ModelSpec(
+            id=model.id, context_window=128_000, max_output=4096, price=Price(input=0, output=0)
+        )
+    changes: dict[str, object] = {
+        key: value
+        for key, value in (
+            ("model", model.model),
+            ("context_window", model.context_window),
+            ("max_output", model.max_output),
+            ("tier", model.tier),
+            ("as_of", model.as_of),
+            ("source", model.source),
+        )
+        if value is not None
+    }
+    if model.price is not None:
+        changes["price"] = _price(model.price, base.price)
+    if model.price_above is not None:
+        above = _price(model.price_above, base.price)
+        changes["price_above"] = PriceTier(
+            threshold_tokens=model.price_above.threshold_tokens,
+            input=above.input,
+            output=above.output,
+            cached_input=above.cached_input,
+            cache_write=above.cache_write,
+        )
+    if model.capabilities is not None:
+        changes["capabilities"] = frozenset(model.capabilities)
+    if model.fallbacks is not None:
+        changes["fallbacks"] = tuple(model.fallbacks)
+    return msgspec.structs.replace(base, **changes)
+
+
+def _rates(price: PriceConfig, base: Price) -> dict[str, float | None]:
+    return {
+        key: getattr(price, key) if getattr(price, key) is not None else getattr(base, key)
+        for key in ("input", "output", "cached_input", "cache_write")
+    }
+
+
+def _price(price: PriceConfig, base: Price) -> Price:
+    rates = _rates(price, base)
+    return Price(
+        input=rates["input"] or 0.0,
+        output=rates["output"] or 0.0,
+        cached_input=rates["cached_input"],
+        cache_write=rates["cache_write"],
     )
 
 

@@ -36,7 +36,7 @@ CONTEXT_LENGTH: Final = re.compile(
     r"|exceeded model token limit|input token length too long"  # Moonshot
     r"|prompt contains \d+ tokens.*too large for model"  # Mistral
     r"|too many tokens"  # Cohere
-    r"|prompt is too long"  # Anthropic
+    r"|prompt is too long|exceed context limit"  # Anthropic
     r"|input token count.*exceeds the maximum"  # Gemini
     r"|context[_ ]length[_ ]exceeded|context window",
     re.IGNORECASE | re.DOTALL,
@@ -45,9 +45,17 @@ CONTENT_POLICY: Final = re.compile(
     r"safety system|content management policy|content_filter|content policy", re.IGNORECASE
 )
 CONTENT_POLICY_CODES: Final = frozenset({"content_policy_violation", "content_filter"})
-OVERLOADED_CODES: Final = frozenset({"overloaded_error", "overloaded", "unavailable"})
+OVERLOADED_CODES: Final = frozenset({"overloaded_error", "overloaded"})
+MODEL_CODES: Final = frozenset({"ModelError", "model_not_found", "not_found_error"})
+"""Codes that name an unknown model whatever the status (OpenCode Zen sends 401)."""
 NO_QUOTA_CODES: Final = frozenset(
-    {"insufficient_quota", "CreditsError", "MonthlyLimitError", "enforced_spend_limit_reached"}
+    {
+        "insufficient_quota",
+        "CreditsError",
+        "MonthlyLimitError",
+        "enforced_spend_limit_reached",
+        "billing_error",
+    }
 )
 FREE_TIER_CODES: Final = frozenset({"FreeTierError"})
 
@@ -58,15 +66,19 @@ def error_class(status: int, code: str | None, message: str) -> type[ProviderErr
         return FreeTierRefused
     if code in NO_QUOTA_CODES:
         return AuthenticationFailed
+    if code in MODEL_CODES:
+        return ModelNotFound
     if status == 529 or code in OVERLOADED_CODES:
         return Overloaded
     if status == 429:
         return RateLimited
+    if status == 402:  # payment required: no credit left (OpenRouter, DeepSeek, Cohere)
+        return AuthenticationFailed
     if status in (401, 403):
         return AuthenticationFailed
     if status == 404:
         return ModelNotFound
-    if status in (408, 409) or status >= 500:
+    if status in (408, 409, 499) or status >= 500:
         return ProviderUnavailable
     if code == "context_length_exceeded" or CONTEXT_LENGTH.search(message):
         return ContextLengthExceeded
@@ -76,7 +88,7 @@ def error_class(status: int, code: str | None, message: str) -> type[ProviderErr
 
 
 def describe(status: int, code: str | None, message: str) -> str:
-    if code in NO_QUOTA_CODES:
+    if code in NO_QUOTA_CODES or status == 402:
         return f"{status} the account has no quota or credit left: {message}"
     return f"{status} {message}"
 

@@ -29,7 +29,7 @@ __all__ = [
     "auth_headers",
 ]
 
-Family = Literal["openai", "anthropic", "gemini", "cohere", "opencode"]
+Family = Literal["openai", "anthropic", "gemini", "cohere", "opencode", "responses"]
 FAMILIES: Final[tuple[Family, ...]] = get_args(Family)
 
 AUTH_STYLES: Final[tuple[AuthStyle, ...]] = get_args(AuthStyle)

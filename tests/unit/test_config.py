@@ -184,7 +184,7 @@ def test_type_errors_name_the_key_path_and_the_expectation(
         (
             "providers:\n  local: {family: llama, base_url: http://x}\n",
             "providers.local.family: expected one of 'openai', 'anthropic', 'gemini', 'cohere',"
-            " 'opencode', got 'llama'",
+            " 'opencode', 'responses', got 'llama'",
         ),
         (
             "providers:\n  local: {base_url: http://127.0.0.1:8000/v1}\n",

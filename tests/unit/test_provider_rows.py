@@ -122,3 +122,48 @@ def test_a_route_can_ask_for_another_auth_header() -> None:
     zen = live("opencode", {}, env={"OPENCODE_API_KEY": "k"})
     assert zen.headers() == {"Authorization": "Bearer k"}
     assert zen.headers(auth="x-goog-api-key") == {"x-goog-api-key": "k"}
+
+
+def test_a_config_model_overrides_only_the_fields_it_names() -> None:
+    config = msgspec.convert(
+        {
+            "models": [
+                {
+                    "id": "openai/gpt-4.1-mini",
+                    "price": {"output": 2.0},
+                    "tier": "simple",
+                    "as_of": "2026-11-01",
+                    "source": "our contract",
+                }
+            ]
+        },
+        Config,
+    )
+    shipped = resolve(Config(), env={}).catalog.get("openai/gpt-4.1-mini")
+    mine = resolve(config, env={}).catalog.get("openai/gpt-4.1-mini")
+    assert shipped is not None and mine is not None
+    assert (mine.price.input, mine.price.output, mine.price.cached_input) == (0.4, 2.0, 0.1)
+    assert (mine.tier, mine.as_of, mine.source) == ("simple", "2026-11-01", "our contract")
+    assert mine.context_window == shipped.context_window
+    assert mine.capabilities == shipped.capabilities
+
+
+def test_a_new_config_model_gets_defaults_and_long_context_prices() -> None:
+    config = msgspec.convert(
+        {
+            "providers": {"local": {"family": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "models": [
+                {
+                    "id": "local/big",
+                    "price": {"input": 1, "output": 4},
+                    "price_above": {"threshold_tokens": 200000, "input": 2, "output": 8},
+                }
+            ],
+        },
+        Config,
+    )
+    spec = resolve(config, env={}).catalog.get("local/big")
+    assert spec is not None
+    assert (spec.context_window, spec.max_output, spec.tier) == (128_000, 4096, "medium")
+    assert spec.price_above is not None
+    assert (spec.price_above.threshold_tokens, spec.price_above.input) == (200_000, 2.0)

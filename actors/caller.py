@@ -27,16 +27,26 @@ from omnillm.actors._base import HandoffActor
 from omnillm.actors._dispatch import dispatch, exhausted
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
-from omnillm.bus.messages import CallEnvelope, Failure, TokenUsage, decode_envelope
+from omnillm.bus.health import HealthBoard
+from omnillm.bus.messages import (
+    CallEnvelope,
+    Failure,
+    HealthState,
+    ProviderHealth,
+    TokenUsage,
+    decode_envelope,
+)
 from omnillm.bus.stream import StreamSender
 from omnillm.config import LiveProvider, Settings
 from omnillm.errors import (
     AuthenticationFailed,
+    FreeTierRefused,
     MalformedResponse,
     OmniLLMError,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
+    RequestError,
 )
 from omnillm.providers.base import StreamUpdate, WireFamily
 from omnillm.providers.catalog import ModelSpec, cost_usd
@@ -103,6 +113,7 @@ class CallerActor(HandoffActor):
         *,
         http: httpx.AsyncClient | None = None,
         workers: int | None = None,
+        health: HealthBoard | None = None,
     ) -> None:
         live = settings.providers[provider]
         size = workers or live.config.max_concurrency
@@ -120,6 +131,8 @@ class CallerActor(HandoffActor):
         self.reliability = settings.config.reliability
         self._http = http
         self._headers = live.headers()
+        self.health = health or HealthBoard(bus)
+        self._health_state: HealthState = "ok"
         self._base_url = live.spec.base_url.rstrip("/")
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -173,20 +186,22 @@ class CallerActor(HandoffActor):
             )
             missing = AuthenticationFailed(f"{self.provider}: no API key (set {where})")
             return _failure(missing, spec)
+        log.debug("%s: attempt %d on %s", envelope.rid, envelope.attempt, spec.id)
         attempt = _Attempt(sender, self.provider, spec)
-        error: ProviderError | None = None
+        error: ProviderError | RequestError | None = None
         with anyio.move_on_after(max(0.0, envelope.deadline - time.time())) as deadline:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._heartbeats, attempt)
                 try:
                     await self._stream(envelope, attempt)
-                except ProviderError as exc:
+                except (ProviderError, RequestError) as exc:  # a request this family cannot send
                     error = exc
                 finally:
                     tg.cancel_scope.cancel()
         if deadline.cancelled_caught:
             error = ProviderTimeout("the request's deadline passed")
         if error is not None:
+            await self._observe(error)
             return _failure(error, spec)
         if attempt.finish_reason is None:
             cut = MalformedResponse("the stream ended without a finish reason (truncated)")
@@ -201,7 +216,23 @@ class CallerActor(HandoffActor):
             attempts=envelope.attempt,
             ttft_ms=attempt.ttft_ms,
         )
+        await self._observe(None)
         return None
+
+    async def _observe(self, error: OmniLLMError | None) -> None:
+        """Share a change in what this provider does with us (``omni providers`` shows it)."""
+        state: HealthState = "ok"
+        if isinstance(error, FreeTierRefused):
+            state = "free_tier_refused"
+        elif isinstance(error, AuthenticationFailed):
+            state = "auth_failed"
+        elif error is not None:
+            return  # transient failures belong to the circuit breaker, not here
+        if state == self._health_state:
+            return
+        self._health_state = state
+        reason = error.message if error is not None else ""
+        await self.health.put(ProviderHealth(self.provider, state, reason, time.time()))
 
     async def _heartbeats(self, attempt: _Attempt) -> None:
         """Until the first token: a heartbeat every ``heartbeat_s``, so the client's

@@ -40,11 +40,13 @@ __all__ = [
     "FunctionCall",
     "FunctionDef",
     "HandoffReply",
+    "HealthState",
     "Heartbeat",
     "ImagePart",
     "ImageUrl",
     "Message",
     "Metadata",
+    "ProviderHealth",
     "Reset",
     "Route",
     "Start",
@@ -309,6 +311,22 @@ class Error(Struct, tag="error", tag_field="type"):
 
 
 Frame = Start | Delta | Heartbeat | Reset | Done | Error
+
+
+# --- shared state ---------------------------------------------------------------------
+
+
+HealthState = Literal["ok", "free_tier_refused", "auth_failed"]
+
+
+class ProviderHealth(Struct):
+    """What callers learned about a provider, shared through the ``omni_health`` bucket."""
+
+    provider: str
+    state: HealthState
+    reason: str = ""
+    at: float = 0.0
+    """Unix time of the observation."""
 
 
 # --- ledger event --------------------------------------------------------------------

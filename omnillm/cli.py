@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -24,7 +23,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+import msgspec
 
+from omnillm import listings
+from omnillm.actors.admin import ModelRow, ProviderRow
 from omnillm.bus.messages import Delta, Done, Error, Reset, Start
 from omnillm.client import DEFAULT_NATS_URL, Client
 from omnillm.config import Config, load_config, resolve
@@ -62,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     actor.add_argument("kind", choices=ACTOR_KINDS)
     actor.add_argument("--provider", action="append", help="caller: provider(s) to serve")
     actor.add_argument("--nats-url", help=f"default: OMNI_NATS_URL or {DEFAULT_NATS_URL}")
+
+    for name, what in (
+        ("providers", "providers, and why one is not live"),
+        ("models", "the model catalog: prices, limits, capabilities"),
+    ):
+        listing = commands.add_parser(name, help=f"list {what}")
+        listing.add_argument("--json", action="store_true", help="JSON for scripts")
+        listing.add_argument("--nats-url", help="ask the router there (default: as for chat)")
     return parser
 
 
@@ -74,7 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
-        handler = {"up": _up, "demo": _demo, "chat": _chat, "actor": _actor}[args.command]
+        if config.log.level.lower() != "debug":
+            logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call
+        handler = {
+            "up": _up,
+            "demo": _demo,
+            "chat": _chat,
+            "actor": _actor,
+            "providers": _providers,
+            "models": _models,
+        }[args.command]
         return anyio.run(handler, args, config)
     except OmniLLMError as exc:
         print(f"omni: {exc.code}: {exc.message}", file=sys.stderr)
@@ -118,7 +137,7 @@ async def _up(args: argparse.Namespace, config: Config) -> int:
 
 async def _actor(args: argparse.Namespace, config: Config) -> int:
     settings = resolve(config)
-    url = _nats_url(args, config) if args.nats_url or config.nats.url else _env_url(config)
+    url = _nats_url(args, config)
     providers = args.provider or servable_providers(settings)
     stack = Stack(settings, nats_url=url, kinds=(args.kind,), providers=providers)
     label = args.kind + (f" ({', '.join(providers)})" if args.kind == "caller" else "")
@@ -126,12 +145,36 @@ async def _actor(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _env_url(config: Config) -> str:
-    return os.environ.get("OMNI_NATS_URL") or config.nats.url or DEFAULT_NATS_URL
+async def _providers(args: argparse.Namespace, config: Config) -> int:
+    settings = resolve(config)
+    url = _nats_url(args, config)
+    rows, note = await listings.fetch(
+        "providers", url, list[ProviderRow], listings.local_providers(settings)
+    )
+    return _print_listing(args, rows, note, listings.render_providers(rows))
+
+
+async def _models(args: argparse.Namespace, config: Config) -> int:
+    settings = resolve(config)
+    url = _nats_url(args, config)
+    rows, note = await listings.fetch(
+        "models", url, list[ModelRow], listings.local_models(settings)
+    )
+    return _print_listing(args, rows, note, listings.render_models(rows))
+
+
+def _print_listing(args: argparse.Namespace, rows: Any, note: str | None, text: str) -> int:
+    if args.json:
+        print(msgspec.json.encode(rows).decode())
+    else:
+        print(text)
+    if note:
+        print(f"({note})", file=sys.stderr)
+    return 0
 
 
 async def _chat(args: argparse.Namespace, config: Config) -> int:
-    url = args.nats_url or config.nats.url or DEFAULT_NATS_URL
+    url = _nats_url(args, config)
     messages: list[dict[str, Any]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})

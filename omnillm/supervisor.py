@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
-from omnillm.actors._base import Actor
+from omnillm.actors.admin import AdminActor
 from omnillm.actors.caller import CallerActor
 from omnillm.actors.classifier import ClassifierActor
 from omnillm.actors.planner import PlannerActor
 from omnillm.bus.connection import Bus
+from omnillm.bus.health import HealthBoard
 from omnillm.config import Settings
 from omnillm.embedded import EmbeddedNats
 from omnillm.providers.families import IMPLEMENTED
@@ -29,7 +30,19 @@ __all__ = ["ACTOR_KINDS", "Stack", "build_actors"]
 
 log = logging.getLogger("omnillm.supervisor")
 
-ACTOR_KINDS: Final = ("classifier", "planner", "caller")
+ACTOR_KINDS: Final = ("classifier", "planner", "caller", "admin")
+
+
+class Service(Protocol):
+    """What the supervisor runs: started once live, stopped gracefully."""
+
+    name: str
+
+    async def run(self, *, task_status: TaskStatus[None] = ...) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 DRAIN_TIMEOUT_S: Final = 15.0
 
 
@@ -42,9 +55,10 @@ def servable_providers(settings: Settings) -> list[str]:
 
 def build_actors(
     bus: Bus, settings: Settings, kinds: tuple[str, ...], providers: list[str]
-) -> list[Actor]:
+) -> list[Service]:
     reliability = settings.config.reliability
-    actors: list[Actor] = []
+    health = HealthBoard(bus)
+    actors: list[Service] = []
     if "classifier" in kinds:
         actors.append(
             ClassifierActor(
@@ -58,7 +72,9 @@ def build_actors(
     if "planner" in kinds:
         actors.append(PlannerActor(bus, settings, workers=reliability.workers))
     if "caller" in kinds:
-        actors.extend(CallerActor(bus, settings, p) for p in providers)
+        actors.extend(CallerActor(bus, settings, p, health=health) for p in providers)
+    if "admin" in kinds:
+        actors.append(AdminActor(bus, settings, health))
     return actors
 
 
@@ -88,7 +104,7 @@ class Stack:
                 port=config.nats.embedded.port if embedded_port is None else embedded_port,
                 max_payload=config.nats.max_payload,
             )
-        self.actors: list[Actor] = []
+        self.actors: list[Service] = []
         self._stop = anyio.Event()
 
     @property

@@ -1,0 +1,172 @@
+"""Admin answers on ``omni.v1.admin.providers`` and ``omni.v1.admin.models``.
+
+The rows are built by pure functions from the running router's settings and the
+shared provider health, so ``omni providers`` shows what the router really serves,
+not what the local config file says. Replies are small and computed at once, so
+the callback answers inline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from nats.aio.msg import Msg
+
+from omnillm.bus import subjects
+from omnillm.bus.connection import Bus
+from omnillm.bus.health import HealthBoard
+from omnillm.bus.messages import Failure, ProviderHealth
+from omnillm.config import Settings
+from omnillm.providers.families import IMPLEMENTED
+from omnillm.providers.registry import BUILTIN_PROVIDERS
+
+__all__ = ["AdminActor", "ModelRow", "ProviderRow", "model_rows", "provider_rows"]
+
+log = logging.getLogger("omnillm.admin")
+
+ADMIN_QUEUE: Final = "admin"
+_HEALTH_STATES: Final = {
+    "free_tier_refused": "refused free tier",
+    "auth_failed": "key rejected",
+}
+
+
+class ProviderRow(msgspec.Struct):
+    name: str
+    family: str
+    state: str
+    """``live``, ``no key``, ``needs base_url``, ``disabled``, ``not served``, or what
+    callers saw: ``refused free tier``, ``key rejected``."""
+    reason: str
+    base_url: str
+    models: int
+
+
+class ModelRow(msgspec.Struct):
+    id: str
+    provider: str
+    tier: str
+    context_window: int
+    max_output: int
+    input: float
+    cached_input: float | None
+    cache_write: float | None
+    output: float
+    capabilities: list[str]
+    live: bool
+    as_of: str
+    source: str
+
+
+def _state(name: str, settings: Settings, health: Mapping[str, ProviderHealth]) -> tuple[str, str]:
+    declared = settings.config.providers.get(name)
+    live = settings.providers.get(name)
+    builtin = BUILTIN_PROVIDERS.get(name)
+    if declared is not None and not declared.enabled:
+        return "disabled", f"providers.{name}.enabled is false"
+    if live is None:
+        if builtin is not None and builtin.requires_base_url:
+            return "needs base_url", f"set providers.{name}.base_url (and {builtin.key_env})"
+        return "no key", f"set {builtin.key_env if builtin else 'its api_key'}"
+    if live.missing_key:
+        where = live.config.api_key_env or live.spec.key_env or f"providers.{name}.api_key"
+        return "no key", f"set {where}"
+    if live.spec.family not in IMPLEMENTED:
+        return "not served", f"the {live.spec.family} wire family is not in this build"
+    seen = health.get(name)
+    if seen is not None and seen.state in _HEALTH_STATES:
+        return _HEALTH_STATES[seen.state], seen.reason
+    return "live", ""
+
+
+def provider_rows(
+    settings: Settings, health: Mapping[str, ProviderHealth] | None = None
+) -> list[ProviderRow]:
+    """Every built-in and declared provider: whether requests can go there, and why not."""
+    names = sorted({*BUILTIN_PROVIDERS, *settings.config.providers})
+    rows = []
+    for name in names:
+        live = settings.providers.get(name)
+        spec = live.spec if live is not None else BUILTIN_PROVIDERS.get(name)
+        state, reason = _state(name, settings, health or {})
+        rows.append(
+            ProviderRow(
+                name=name,
+                family=spec.family if spec else str(settings.config.providers[name].family),
+                state=state,
+                reason=reason,
+                base_url=spec.base_url if spec else "",
+                models=len(settings.catalog.for_provider(name)),
+            )
+        )
+    return rows
+
+
+def model_rows(settings: Settings) -> list[ModelRow]:
+    """The catalog with prices (USD per million tokens), limits and capabilities."""
+    return [
+        ModelRow(
+            id=spec.id,
+            provider=spec.provider,
+            tier=spec.tier,
+            context_window=spec.context_window,
+            max_output=spec.max_output,
+            input=spec.price.input,
+            cached_input=spec.price.cached_input,
+            cache_write=spec.price.cache_write,
+            output=spec.price.output,
+            capabilities=sorted(spec.capabilities),
+            live=spec.provider in settings.providers,
+            as_of=spec.as_of,
+            source=spec.source,
+        )
+        for spec in sorted(settings.catalog, key=lambda s: s.id)
+    ]
+
+
+class AdminActor:
+    """Answers admin requests for the CLI and (later) the HTTP admin routes."""
+
+    name = "admin"
+
+    def __init__(self, bus: Bus, settings: Settings, health: HealthBoard) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.health = health
+        self._stopping = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        subscription = await self.bus.subscribe(
+            f"{subjects.ADMIN_PREFIX}.*", self._on_message, queue=ADMIN_QUEUE
+        )
+        await self.bus.flush()
+        task_status.started()
+        await self._stopping.wait()
+        await subscription.drain()  # type: ignore[no-untyped-call]
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _on_message(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            payload = await self._answer(msg.subject.rsplit(".", 1)[-1])
+        except Exception as exc:
+            log.exception("admin request %s failed", msg.subject)
+            payload = msgspec.json.encode(Failure(code="internal", message=repr(exc)))
+        await self.bus.publish(msg.reply, payload)
+
+    async def _answer(self, what: str) -> bytes:
+        if what == "providers":
+            return msgspec.json.encode(provider_rows(self.settings, await self.health.all()))
+        if what == "models":
+            return msgspec.json.encode(model_rows(self.settings))
+        return msgspec.json.encode(
+            Failure(code="unknown_admin_request", message=f"no admin request named {what!r}")
+        )

@@ -1,0 +1,85 @@
+"""Provider health shared by every process: the JetStream KV bucket ``omni_health``.
+
+One key per provider (``provider.<name>``) holding a ``ProviderHealth`` record. Callers
+write only when a provider's state changes (a refused free tier, a rejected key, and
+back to ok), so the bucket costs nothing on the hot path. Every reader (``omni
+providers``, the admin responder, later the planner) sees what any caller saw.
+
+A server without JetStream has no bucket: writes are skipped and reads are empty,
+with one warning; routing never depends on it being there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import msgspec
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+
+from omnillm.bus.connection import Bus
+from omnillm.bus.messages import ProviderHealth
+
+__all__ = ["BUCKET", "HealthBoard"]
+
+log = logging.getLogger("omnillm.health")
+
+BUCKET: Final = "omni_health"
+_decoder: Final = msgspec.json.Decoder(ProviderHealth)
+
+
+def _key(provider: str) -> str:
+    return f"provider.{provider}"
+
+
+class HealthBoard:
+    """Reads and writes provider health; one per process, opened lazily."""
+
+    def __init__(self, bus: Bus, *, replicas: int = 1) -> None:
+        self._bus = bus
+        self._replicas = replicas
+        self._kv: KeyValue | None = None
+        self._unavailable = False
+
+    async def _bucket(self, *, create: bool) -> KeyValue | None:
+        if self._kv is not None or self._unavailable:
+            return self._kv
+        js = self._bus.nc.jetstream()
+        try:
+            if create:
+                self._kv = await js.create_key_value(bucket=BUCKET, replicas=self._replicas)
+            else:
+                self._kv = await js.key_value(BUCKET)
+        except BucketNotFoundError:
+            return None
+        except Exception as exc:  # no JetStream on this server
+            log.warning("provider health is not shared: %s", exc or type(exc).__name__)
+            self._unavailable = True
+        return self._kv
+
+    async def put(self, health: ProviderHealth) -> None:
+        kv = await self._bucket(create=True)
+        if kv is not None:
+            await kv.put(_key(health.provider), msgspec.json.encode(health))
+
+    async def get(self, provider: str) -> ProviderHealth | None:
+        kv = await self._bucket(create=False)
+        if kv is None:
+            return None
+        try:
+            entry = await kv.get(_key(provider))
+        except KeyNotFoundError:
+            return None
+        return _decoder.decode(entry.value) if entry.value else None
+
+    async def all(self) -> dict[str, ProviderHealth]:
+        kv = await self._bucket(create=False)
+        if kv is None:
+            return {}
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return {}
+        found = [await self.get(key.removeprefix("provider.")) for key in keys]
+        return {health.provider: health for health in found if health is not None}

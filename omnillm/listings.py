@@ -1,0 +1,112 @@
+"""``omni providers`` and ``omni models``: what the router serves, as tables or JSON.
+
+The running router answers on ``omni.v1.admin.<what>``, so the listing reflects its
+config and what its callers saw. With no router reachable, the listing is built from
+the local config instead, and says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from omnillm.actors.admin import ModelRow, ProviderRow, model_rows, provider_rows
+from omnillm.bus import subjects
+from omnillm.bus.connection import Bus, NatsUnreachable
+from omnillm.bus.health import HealthBoard
+from omnillm.bus.messages import ProviderHealth
+from omnillm.config import Settings
+
+__all__ = ["fetch", "render_models", "render_providers", "table"]
+
+Row = TypeVar("Row", ProviderRow, ModelRow)
+_ASK_TIMEOUT_S: Final = 2.0
+
+
+async def fetch(
+    what: str,
+    url: str,
+    rows_type: type[list[Row]],
+    local: Callable[[dict[str, ProviderHealth]], list[Row]],
+) -> tuple[list[Row], str | None]:
+    """Rows from the router at ``url``; else from ``local``, with a note saying so."""
+    try:
+        bus = await Bus.connect(url, name="omnillm-cli", connect_wait_s=1.0)
+    except NatsUnreachable:
+        return local({}), f"no NATS at {url}: showing the local config"
+    try:
+        reply = await bus.nc.request(subjects.admin(what), b"", timeout=_ASK_TIMEOUT_S)
+        return msgspec.json.decode(reply.data, type=rows_type), None
+    except (NoRespondersError, NatsTimeoutError):
+        health = await HealthBoard(bus).all()
+        return local(health), f"no router answered at {url}: showing the local config"
+    finally:
+        await bus.close()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table: columns as wide as their widest cell, two spaces apart."""
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
+def render_providers(rows: list[ProviderRow]) -> str:
+    body = [(r.name, r.family, r.state, r.models, r.base_url or "-", r.reason) for r in rows]
+    return table(("provider", "family", "state", "models", "base url", "why"), body)
+
+
+def render_models(rows: list[ModelRow]) -> str:
+    body = [
+        (
+            r.id,
+            r.tier,
+            f"{r.context_window:,}",
+            f"{r.max_output:,}",
+            r.input,
+            r.cached_input,
+            r.cache_write,
+            r.output,
+            r.capabilities,
+            "yes" if r.live else "no",
+            r.as_of or "-",
+        )
+        for r in rows
+    ]
+    headers = (
+        "model",
+        "tier",
+        "context",
+        "max out",
+        "in $/M",
+        "cached $/M",
+        "write $/M",
+        "out $/M",
+        "capabilities",
+        "live",
+        "price as of",
+    )
+    return table(headers, body)
+
+
+def local_providers(settings: Settings) -> Callable[[dict[str, ProviderHealth]], list[ProviderRow]]:
+    return lambda health: provider_rows(settings, health)
+
+
+def local_models(settings: Settings) -> Callable[[dict[str, ProviderHealth]], list[ModelRow]]:
+    return lambda _health: model_rows(settings)

@@ -81,6 +81,8 @@ def _state(name: str, settings: Settings, health: Mapping[str, ProviderHealth]) 
     seen = health.get(name)
     if seen is not None and seen.state in _HEALTH_STATES:
         return _HEALTH_STATES[seen.state], seen.reason
+    if live.free_only:
+        return "live", f"free models only; set {live.spec.key_env} for the others"
     return "live", ""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 import msgspec
@@ -19,12 +19,14 @@ from omnillm.actors._base import HandoffActor
 from omnillm.actors._dispatch import dispatch
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
+from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import (
     TIERS,
     Candidate,
     ChatRequest,
     Classified,
     Failure,
+    ProviderHealth,
     Tier,
     decode_envelope,
 )
@@ -67,10 +69,17 @@ def _unfit(spec: ModelSpec, classified: Classified) -> str | None:
 
 
 class _Planner:
-    def __init__(self, request: ChatRequest, classified: Classified, settings: Settings):
+    def __init__(
+        self,
+        request: ChatRequest,
+        classified: Classified,
+        settings: Settings,
+        health: Mapping[str, ProviderHealth],
+    ):
         self.request = request
         self.classified = classified
         self.settings = settings
+        self.health = health
         routing = settings.config.routing
         route = request.route if not isinstance(request.route, msgspec.UnsetType) else None
         self.allow = [*routing.allow, *(route.allow if route else [])]
@@ -84,8 +93,15 @@ class _Planner:
         self.rejected: list[str] = []
 
     def admissible(self, spec: ModelSpec) -> bool:
-        if spec.provider not in self.settings.providers:
+        live = self.settings.providers.get(spec.provider)
+        seen = self.health.get(spec.provider)
+        free = spec.price.input == 0 and spec.price.output == 0
+        if live is None:
             self.rejected.append(f"{spec.id}: provider {spec.provider} is not configured")
+        elif live.free_only and not free:
+            self.rejected.append(f"{spec.id}: needs a paid key (set {live.spec.key_env})")
+        elif seen is not None and seen.state == "free_tier_refused" and free:
+            self.rejected.append(f"{spec.id}: the provider refuses its free tier to us")
         elif self.allow and not _matches(spec, self.allow):
             self.rejected.append(f"{spec.id}: not in the allow list")
         elif _matches(spec, self.deny):
@@ -145,9 +161,18 @@ def _resolve(model: str, settings: Settings) -> ModelSpec:
     return spec
 
 
-def plan(request: ChatRequest, classified: Classified, settings: Settings) -> list[Candidate]:
-    """The ordered fallback chain for ``request``; raises ``RequestError`` when there is none."""
-    planner = _Planner(request, classified, settings)
+def plan(
+    request: ChatRequest,
+    classified: Classified,
+    settings: Settings,
+    health: Mapping[str, ProviderHealth] | None = None,
+) -> list[Candidate]:
+    """The ordered fallback chain for ``request``; raises ``RequestError`` when there is none.
+
+    ``health`` is what callers shared: a provider that refuses its free tier to us
+    gets no more free-model requests.
+    """
+    planner = _Planner(request, classified, settings, health or {})
     aliases = settings.config.routing.aliases
     model = request.model
     if model in aliases:
@@ -184,16 +209,27 @@ class PlannerActor(HandoffActor):
 
     name = "planner"
 
-    def __init__(self, bus: Bus, settings: Settings, *, workers: int = 64) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        settings: Settings,
+        *,
+        workers: int = 64,
+        health: HealthBoard | None = None,
+    ) -> None:
         super().__init__(bus, subject=subjects.PLAN, queue=subjects.PLANNER_QUEUE, workers=workers)
         self.settings = settings
+        self.health = health or HealthBoard(bus)
 
     async def handle(self, msg: Msg) -> None:
         envelope = decode_envelope(msg.data)
         if envelope.classified is None:
             raise ValueError(f"envelope {envelope.rid} reached the planner unclassified")
         try:
-            envelope.candidates = plan(envelope.request, envelope.classified, self.settings)
+            health = await self.health.snapshot()
+            envelope.candidates = plan(
+                envelope.request, envelope.classified, self.settings, health
+            )
         except RequestError as exc:
             failure = Failure(code=exc.code, message=exc.message)
             await send_failure(self.bus, envelope.reply, envelope.rid, 0, failure)

@@ -12,6 +12,7 @@ with one warning; routing never depends on it being there.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Final
 
 import msgspec
@@ -41,6 +42,24 @@ class HealthBoard:
         self._replicas = replicas
         self._kv: KeyValue | None = None
         self._unavailable = False
+        self._snapshot: dict[str, ProviderHealth] = {}
+        self._snapshot_at = -1e9
+        self._refreshing = False
+
+    async def snapshot(self, max_age_s: float = 2.0) -> dict[str, ProviderHealth]:
+        """Every provider's health, read from the bucket at most every ``max_age_s``.
+
+        Writes from this process show at once; other processes' within ``max_age_s``.
+        While one refresh runs, concurrent callers get the previous snapshot.
+        """
+        if time.monotonic() - self._snapshot_at > max_age_s and not self._refreshing:
+            self._refreshing = True
+            try:
+                self._snapshot = {**await self.all()}
+            finally:
+                self._snapshot_at = time.monotonic()
+                self._refreshing = False
+        return self._snapshot
 
     async def _bucket(self, *, create: bool) -> KeyValue | None:
         if self._kv is not None or self._unavailable:
@@ -59,6 +78,7 @@ class HealthBoard:
         return self._kv
 
     async def put(self, health: ProviderHealth) -> None:
+        self._snapshot = {**self._snapshot, health.provider: health}
         kv = await self._bucket(create=True)
         if kv is not None:
             await kv.put(_key(health.provider), msgspec.json.encode(health))

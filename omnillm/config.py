@@ -67,6 +67,8 @@ CONFIG_FILES: Final = ("omnillm.yaml", "omnillm.yml", "omnillm.json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 NO_KEY: Final = "none"
 """``api_key: none``: the provider takes no auth at all (a local server)."""
+PUBLIC_KEY: Final = "public"
+"""The key OpenCode Zen's free models take; with it only free models are served."""
 
 Strategy = Literal["cost", "latency", "priority"]
 
@@ -590,6 +592,11 @@ class LiveProvider:
         return self.spec.name
 
     @property
+    def free_only(self) -> bool:
+        """Only free models can be used: OpenCode Zen with the public key."""
+        return self.spec.family == "opencode" and self.api_key == PUBLIC_KEY
+
+    @property
     def missing_key(self) -> bool:
         """It needs a key and has none: the caller reports this instead of calling."""
         return self.api_key is None and self.spec.auth != "none"
@@ -602,6 +609,8 @@ class LiveProvider:
 
     def __repr__(self) -> str:
         key = "<missing>" if self.missing_key else "<none>" if self.api_key is None else "<set>"
+        if self.free_only:
+            key = "public"
         return (
             f"LiveProvider(name={self.spec.name!r}, family={self.spec.family!r}, "
             f"base_url={self.spec.base_url!r}, api_key={key})"
@@ -706,6 +715,8 @@ def _price(price: PriceConfig, base: Price) -> Price:
 def _live(name: str, provider: ProviderConfig, env: Mapping[str, str]) -> LiveProvider:
     spec = _merge(name, provider)
     key = _api_key(spec, provider, env)
+    if key is None and spec.family == "opencode":
+        key = PUBLIC_KEY  # declared with no key: Zen's free models
     if key is not None and key.lower() == NO_KEY:
         spec, key = msgspec.structs.replace(spec, auth="none"), None
     return LiveProvider(spec=spec, api_key=key, config=provider)

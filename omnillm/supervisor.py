@@ -70,7 +70,7 @@ def build_actors(
             )
         )
     if "planner" in kinds:
-        actors.append(PlannerActor(bus, settings, workers=reliability.workers))
+        actors.append(PlannerActor(bus, settings, workers=reliability.workers, health=health))
     if "caller" in kinds:
         actors.extend(CallerActor(bus, settings, p, health=health) for p in providers)
     if "admin" in kinds:

@@ -151,16 +151,20 @@ async def test_a_refused_free_tier_falls_back_and_omni_providers_says_so(tmp_pat
         )
         async with omni_up(tmp_path, without_keys()) as url:
             async with client_for(url) as client:
-                done = await client.complete(
-                    {
-                        "model": "opencode/big-pickle",
-                        "messages": [{"role": "user", "content": "free?"}],
-                    }
-                )
+                request = {
+                    "model": "opencode/big-pickle",
+                    "messages": [{"role": "user", "content": "free?"}],
+                }
+                done = await client.complete(request)
+                served = mock.requests_served
+                again = await client.complete(request)
             listing = await anyio.run_process(
                 [*OMNI, "providers", "--json", "--nats-url", url], cwd=tmp_path, check=False
             )
     assert (done.provider, done.attempts) == ("local", 2)
+    # Once refused, the free model is no longer tried: one upstream call, one attempt.
+    assert (again.provider, again.attempts) == ("local", 1)
+    assert mock.requests_served == served + 1
     rows = {row["name"]: row for row in json.loads(listing.stdout)}
     assert rows["opencode"]["state"] == "refused free tier"
     assert "free tier can only be used from within OpenCode" in rows["opencode"]["reason"]

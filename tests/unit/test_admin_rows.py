@@ -48,6 +48,14 @@ def test_disabled_and_declared_providers_say_so() -> None:
     assert listed["local"].models == 0
 
 
+def test_opencode_declared_without_a_key_is_live_for_free_models() -> None:
+    listed = rows({"providers": {"opencode": {}}}, {})
+    assert (listed["opencode"].state, listed["opencode"].reason) == (
+        "live",
+        "free models only; set OPENCODE_API_KEY for the others",
+    )
+
+
 def test_what_callers_saw_overrides_live() -> None:
     refused = ProviderHealth("opencode", "free_tier_refused", "403 free tier refused", 1.0)
     rejected = ProviderHealth("openai", "auth_failed", "401 Incorrect API key", 1.0)

@@ -8,8 +8,18 @@ import msgspec
 import pytest
 
 from omnillm.actors._dispatch import exhausted
+from omnillm.actors.classifier import classify
 from omnillm.actors.planner import MAX_CHAIN, plan
-from omnillm.bus.messages import Candidate, ChatRequest, Classified, Failure, Message, Route, Tier
+from omnillm.bus.messages import (
+    Candidate,
+    ChatRequest,
+    Classified,
+    Failure,
+    Message,
+    ProviderHealth,
+    Route,
+    Tier,
+)
 from omnillm.config import Config, Settings, resolve
 from omnillm.errors import NoCandidates, UnknownModel
 
@@ -343,3 +353,39 @@ def test_exhausted_with_no_failures_says_nothing_was_left_to_try() -> None:
 
     assert result.code == "no_candidates"
     assert "no candidate" in result.message
+
+
+def _zen_settings(env: dict[str, str]) -> Settings:
+    return resolve(msgspec.convert({"providers": {"opencode": {}}}, Config), env=env)
+
+
+def test_opencode_without_a_key_serves_only_its_free_models() -> None:
+    settings = _zen_settings({})
+    assert settings.providers["opencode"].free_only
+    chain = plan(
+        ChatRequest(messages=[Message(role="user", content="hi")]),
+        classify(ChatRequest(messages=[Message(role="user", content="hi")])),
+        settings,
+    )
+    catalog = settings.catalog
+    assert chain and all(
+        (spec := catalog.get(c.model)) is not None and spec.price.input == spec.price.output == 0
+        for c in chain
+    )
+    with pytest.raises(NoCandidates, match="needs a paid key"):
+        request = ChatRequest(
+            model="opencode/kimi-k2.6", messages=[Message(role="user", content="hi")]
+        )
+        plan(request, classify(request), settings)
+
+
+def test_a_refused_free_tier_takes_free_models_out_of_the_plan() -> None:
+    settings = _zen_settings({"OPENCODE_API_KEY": "paid"})
+    request = ChatRequest(messages=[Message(role="user", content="hi")])
+    refused = {"opencode": ProviderHealth("opencode", "free_tier_refused", "403", 1.0)}
+    before = plan(request, classify(request), settings)
+    after = plan(request, classify(request), settings, refused)
+    free = {"opencode/big-pickle", "opencode/nemotron-3-ultra-free", "opencode/mimo-v2.5-free"}
+    assert free & {c.model for c in before}
+    assert not free & {c.model for c in after}
+    assert after  # the paid Zen models still serve

@@ -123,7 +123,9 @@ async def _serve_until_signal(stack: Stack, announce: str) -> None:
 def _describe(stack: Stack) -> str:
     where = "embedded, data in " + str(stack.server.data_dir) if stack.server else "external"
     skipped = sorted(set(stack.settings.providers) - set(stack.providers))
-    live = ", ".join(stack.providers) or "none (set a provider's API key or try `omni demo`)"
+    live = ", ".join(stack.providers) or (
+        "none (set a provider's API key, see `omni providers`, or try `omni demo`)"
+    )
     note = f" (not served yet: {', '.join(skipped)})" if skipped else ""
     return f"OmniLLM up: NATS {{url}} ({where}); providers: {live}{note}. Ctrl-C stops."
 

@@ -9,15 +9,19 @@ one that started the fallback, and then the rest.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.handoff import Outcome, hand_off
-from omnillm.bus.messages import CallEnvelope, Failure, encode
+from omnillm.bus.messages import CallEnvelope, Candidate, Failure, encode
 from omnillm.bus.stream import send_failure
 
 __all__ = ["dispatch", "exhausted"]
+
+log = logging.getLogger("omnillm.dispatch")
 
 
 def exhausted(failures: list[Failure]) -> Failure:
@@ -34,10 +38,24 @@ def exhausted(failures: list[Failure]) -> Failure:
 
 
 async def dispatch(
-    bus: Bus, envelope: CallEnvelope, *, start: int, handoff_timeout_s: float
+    bus: Bus,
+    envelope: CallEnvelope,
+    *,
+    start: int,
+    handoff_timeout_s: float,
+    skip: Callable[[Candidate], str | None] | None = None,
 ) -> None:
-    """Hand ``envelope`` to the candidates from ``start`` on, until one accepts."""
+    """Hand ``envelope`` to the candidates from ``start`` on, until one accepts.
+
+    ``skip`` names why a candidate cannot take over (no prefill for a continuation,
+    too small a context window); such candidates are passed over.
+    """
     for index in range(start, len(envelope.candidates)):
+        if skip is not None and (why := skip(envelope.candidates[index])):
+            log.debug(
+                "%s: passing over %s: %s", envelope.rid, envelope.candidates[index].model, why
+            )
+            continue
         if time.time() >= envelope.deadline:
             envelope.failures.append(
                 Failure(code="deadline_exceeded", message="the request's deadline passed")
@@ -64,6 +82,8 @@ async def dispatch(
                 provider=candidate.provider,
             )
         )
+    # A new attempt number: the last caller's frames (if any) stay in sequence before it.
+    envelope.attempt += 1
     await send_failure(
         bus, envelope.reply, envelope.rid, envelope.attempt, exhausted(envelope.failures)
     )

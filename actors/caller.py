@@ -1,37 +1,49 @@
 """The caller: one pool per provider, calling the upstream API and streaming tokens back.
 
-A caller takes an envelope addressed to its provider, calls the upstream over httpx
-(aiohttp transport, one client per provider), turns each network read into at most
-one ``Delta`` frame, and ends with ``Done`` carrying the provider's usage and its
-cost. Tokens go straight to the client's reply subject.
+A caller takes an envelope addressed to its provider and calls the upstream (see
+``actors._upstream``), retrying as ``actors._policy`` says while nothing has reached
+the client. Tokens go straight to the client's reply subject; ``Done`` carries the
+provider's usage and its cost.
 
-A failure before any token reached the client is a failed attempt: the envelope
-goes to the next candidate (fallback is a republish). After tokens went out the
-client gets an ``Error`` naming the failure: a truncated answer is never a success.
+When a candidate gives up, the envelope goes on (fallback is a republish):
+
+- nothing reached the client: the next candidate starts afresh. If frames such as
+  heartbeats went out, its first frame is ``Reset`` so the client knows why;
+- text reached the client: the next candidate that accepts an assistant prefill
+  continues from the partial text, seamlessly; with none, the client gets an ``Error``
+  naming the original failure. A truncated answer is never a success;
+- a content-policy refusal goes straight back to the client with the provider's reason.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import httpx
+import msgspec
+from aiolimiter import AsyncLimiter
 from anyio.abc import TaskStatus
-from httpx_aiohttp import AiohttpTransport
 from nats.aio.msg import Msg
 
 from omnillm.actors._base import HandoffActor
 from omnillm.actors._dispatch import dispatch, exhausted
+from omnillm.actors._policy import Action, Decision, RetryPolicy, decide
+from omnillm.actors._upstream import Call, Limits, Upstream, new_http_client
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
+from omnillm.bus.events import Event, EventKind, emit
 from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import (
     CallEnvelope,
+    Candidate,
+    ChatRequest,
     Failure,
     HealthState,
+    Message,
     ProviderHealth,
     TokenUsage,
     decode_envelope,
@@ -42,13 +54,12 @@ from omnillm.errors import (
     AuthenticationFailed,
     FreeTierRefused,
     MalformedResponse,
+    ModelNotFound,
     OmniLLMError,
     ProviderError,
     ProviderTimeout,
-    ProviderUnavailable,
     RequestError,
 )
-from omnillm.providers.base import StreamUpdate, WireFamily
 from omnillm.providers.catalog import ModelSpec, cost_usd
 from omnillm.providers.families import family_for
 
@@ -56,50 +67,12 @@ __all__ = ["CallerActor", "new_http_client"]
 
 log = logging.getLogger("omnillm.caller")
 
-MAX_ERROR_BODY: Final = 64 * 1024
 
-
-def new_http_client(*, max_connections: int, connect_timeout_s: float) -> httpx.AsyncClient:
-    """One client per provider, on the aiohttp transport (a third of httpx's default CPU)."""
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    timeout = httpx.Timeout(
-        connect=connect_timeout_s, read=None, write=30.0, pool=connect_timeout_s
-    )
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits), timeout=timeout, trust_env=False
-    )
-
-
-class _Attempt:
-    """One call's progress: what reached the client, and how it ended."""
-
-    def __init__(self, sender: StreamSender, provider: str, spec: ModelSpec) -> None:
-        self.sender = sender
-        self.provider = provider
-        self.spec = spec
-        self.started = time.perf_counter()
-        self.ttft_ms: float | None = None
-        self.finish_reason: str | None = None
-        self.usage: TokenUsage | None = None
-        self.done = False
-
-    @property
-    def streamed(self) -> bool:
-        return self.ttft_ms is not None
-
-    async def take(self, update: StreamUpdate) -> None:
-        if update.text or update.tool_calls:
-            if self.ttft_ms is None:
-                self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 3)
-                await self.sender.start(self.provider, self.spec.model)
-            await self.sender.delta(update.text, update.tool_calls)
-        if update.finish_reason is not None:
-            self.finish_reason = update.finish_reason
-        if update.usage is not None:
-            self.usage = update.usage
-        self.done = self.done or update.done
+@dataclass(slots=True)
+class _GaveUp:
+    failure: Failure
+    decision: Decision
+    call: Call | None
 
 
 class CallerActor(HandoffActor):
@@ -127,184 +100,264 @@ class CallerActor(HandoffActor):
         self.settings = settings
         self.provider = provider
         self.live: LiveProvider = live
-        self.family: WireFamily = family_for(live.spec.family)
         self.reliability = settings.config.reliability
-        self._http = http
-        self._headers = live.headers()
+        self.retry = RetryPolicy(
+            max_tries=self.reliability.max_attempts,
+            base_delay_s=self.reliability.retry_base_delay_s,
+            max_delay_s=self.reliability.retry_max_delay_s,
+            retry_after_cap_s=self.reliability.retry_after_cap_s,
+        )
         self.health = health or HealthBoard(bus)
-        self._health_state: HealthState = "ok"
-        self._base_url = live.spec.base_url.rstrip("/")
+        self._health_state: dict[str, HealthState] = {}
+        self._http = http
+        self._rpm = AsyncLimiter(live.config.rpm, 60) if live.config.rpm else None
+        self._tpm = AsyncLimiter(live.config.tpm, 60) if live.config.tpm else None
+
+    def _upstream(self, http: httpx.AsyncClient) -> Upstream:
+        live, r = self.live, self.reliability
+        return Upstream(
+            http,
+            provider=self.provider,
+            base_url=live.spec.base_url,
+            headers=live.headers(),
+            family=family_for(live.spec.family),
+            options=live.spec.options,
+            limits=Limits(r.ttft_timeout_s, r.stall_timeout_s, r.finish_grace_s, r.heartbeat_s),
+            auth_headers={
+                style: live.headers(auth=style)
+                for style in ("bearer", "x-api-key", "x-goog-api-key")
+            },
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         owned = self._http is None
-        if self._http is None:
-            self._http = new_http_client(
-                max_connections=self.workers, connect_timeout_s=self.reliability.connect_timeout_s
-            )
+        http = self._http or new_http_client(
+            max_connections=self.workers, connect_timeout_s=self.reliability.connect_timeout_s
+        )
+        self.upstream = self._upstream(http)
         try:
             await super().run(task_status=task_status)
         finally:
             if owned:
                 with anyio.CancelScope(shield=True):
-                    await self._http.aclose()
+                    await http.aclose()
+
+    # --- one envelope -------------------------------------------------------------------
 
     async def handle(self, msg: Msg) -> None:
         envelope = decode_envelope(msg.data)
         sender = StreamSender(self.bus, envelope.reply, envelope.rid, envelope.attempt)
+        if envelope.reset_reason:
+            await sender.reset(envelope.reset_reason)
         try:
-            failure = await self._attempt(envelope, sender)
+            gave_up = await self._serve(envelope, sender)
         except Exception as exc:  # a bug must still end the client's stream
             log.exception("%s: caller crashed", envelope.rid)
             failure = Failure(code="internal", message=f"{self.name} failed: {exc!r}")
-        if failure is None:
-            return
-        log.info("%s: attempt %d failed: %s", envelope.rid, envelope.attempt, failure.message)
-        envelope.failures.append(failure)
-        if sender.seq == 0:
-            await dispatch(
-                self.bus,
-                envelope,
-                start=envelope.index + 1,
-                handoff_timeout_s=self.reliability.handoff_timeout_s,
-            )
-        elif not sender.closed:
-            await sender.error(exhausted(envelope.failures))
+            gave_up = _GaveUp(failure, Decision(Action.FALLBACK, reason="internal"), None)
+        if gave_up is not None:
+            await self._move_on(envelope, sender, gave_up)
 
-    async def _attempt(self, envelope: CallEnvelope, sender: StreamSender) -> Failure | None:
+    async def _serve(self, envelope: CallEnvelope, sender: StreamSender) -> _GaveUp | None:
+        """Call the upstream, retrying per the policy; None once the client has its answer."""
         spec = self.settings.catalog.get(envelope.candidate.model)
         if spec is None:
-            return Failure(
-                code="unknown_model",
-                message=f"{envelope.candidate.model}: not in this caller's catalog",
-                provider=self.provider,
-            )
+            unknown = ModelNotFound(f"{envelope.candidate.model}: not in this caller's catalog")
+            return self._gave_up(unknown, spec_id=envelope.candidate.model, call=None)
         if self.live.missing_key:
-            where = (
-                self.live.config.api_key_env
-                or self.live.spec.key_env
-                or f"providers.{self.provider}.api_key"
+            return self._gave_up(self._missing_key(), spec_id=spec.id, call=None)
+        request = _with_prefill(envelope.request, envelope.partial)
+        first, tries = time.monotonic(), 0
+        while True:
+            tries += 1
+            call = Call(sender, self.provider, spec)
+            error = await self._call(envelope, request, call)
+            if error is None:
+                await self._finish(envelope, sender, spec, call)
+                await self._observe(spec, None)
+                return None
+            await self._observe(spec, error)
+            decision = decide(
+                error.code,
+                tries=tries,
+                since_first_s=time.monotonic() - first,
+                retry_after=error.retry_after if isinstance(error, ProviderError) else None,
+                streamed=call.streamed,
+                policy=self.retry,
             )
-            missing = AuthenticationFailed(f"{self.provider}: no API key (set {where})")
-            return _failure(missing, spec)
-        log.debug("%s: attempt %d on %s", envelope.rid, envelope.attempt, spec.id)
-        attempt = _Attempt(sender, self.provider, spec)
-        error: ProviderError | RequestError | None = None
+            if decision.action is not Action.RETRY or not self._time_for(envelope, decision):
+                return _GaveUp(_failure(error, spec), decision, call)
+            await self._event("retry", envelope, spec, decision.reason, delay_s=decision.delay_s)
+            await anyio.sleep(decision.delay_s)
+
+    async def _call(
+        self, envelope: CallEnvelope, request: ChatRequest, call: Call
+    ) -> OmniLLMError | None:
+        """One call within the request's deadline; the error, or None on success."""
+        log.debug("%s: attempt %d on %s", envelope.rid, envelope.attempt, call.spec.id)
         with anyio.move_on_after(max(0.0, envelope.deadline - time.time())) as deadline:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._heartbeats, attempt)
-                try:
-                    await self._stream(envelope, attempt)
-                except (ProviderError, RequestError) as exc:  # a request this family cannot send
-                    error = exc
-                finally:
-                    tg.cancel_scope.cancel()
+            try:
+                await self._admit(envelope)
+                await self.upstream.call(request, call)
+            except (ProviderError, RequestError) as exc:
+                return exc
         if deadline.cancelled_caught:
-            error = ProviderTimeout("the request's deadline passed")
-        if error is not None:
-            await self._observe(error)
-            return _failure(error, spec)
-        if attempt.finish_reason is None:
-            cut = MalformedResponse("the stream ended without a finish reason (truncated)")
-            return _failure(cut, spec)
-        usage = attempt.usage or TokenUsage()
+            return ProviderTimeout("the request's deadline passed")
+        if call.finish_reason is None:
+            return MalformedResponse("the stream ended without a finish reason (truncated)")
+        return None
+
+    async def _admit(self, envelope: CallEnvelope) -> None:
+        """This process's share of the provider's rate limits (requests and tokens a minute)."""
+        if self._rpm is not None:
+            await self._rpm.acquire()
+        if self._tpm is not None and envelope.classified is not None:
+            tokens = envelope.classified.input_tokens + envelope.classified.output_tokens
+            await self._tpm.acquire(min(tokens, self._tpm.max_rate))
+
+    def _time_for(self, envelope: CallEnvelope, decision: Decision) -> bool:
+        return time.time() + decision.delay_s < envelope.deadline
+
+    async def _finish(
+        self, envelope: CallEnvelope, sender: StreamSender, spec: ModelSpec, call: Call
+    ) -> None:
+        usage = call.usage or TokenUsage()
         await sender.done(
-            finish_reason=attempt.finish_reason,
+            finish_reason=call.finish_reason or "stop",
             provider=self.provider,
             model=spec.model,
             usage=usage,
             cost_usd=round(cost_usd(spec, usage), 10),
             attempts=envelope.attempt,
-            ttft_ms=attempt.ttft_ms,
+            ttft_ms=call.ttft_ms,
         )
-        await self._observe(None)
-        return None
 
-    async def _observe(self, error: OmniLLMError | None) -> None:
-        """Share a change in what this provider does with us (``omni providers`` shows it)."""
-        state: HealthState = "ok"
-        if isinstance(error, FreeTierRefused):
-            state = "free_tier_refused"
-        elif isinstance(error, AuthenticationFailed):
-            state = "auth_failed"
-        elif error is not None:
-            return  # transient failures belong to the circuit breaker, not here
-        if state == self._health_state:
+    # --- after giving up ----------------------------------------------------------------
+
+    async def _move_on(
+        self, envelope: CallEnvelope, sender: StreamSender, gave_up: _GaveUp
+    ) -> None:
+        failure, decision, call = gave_up.failure, gave_up.decision, gave_up.call
+        log.info("%s: attempt %d failed: %s", envelope.rid, envelope.attempt, failure.message)
+        envelope.failures.append(failure)
+        if decision.action is Action.TO_CLIENT:
+            await sender.error(failure)
             return
-        self._health_state = state
-        reason = error.message if error is not None else ""
-        await self.health.put(ProviderHealth(self.provider, state, reason, time.time()))
-
-    async def _heartbeats(self, attempt: _Attempt) -> None:
-        """Until the first token: a heartbeat every ``heartbeat_s``, so the client's
-        first-frame timer measures the router, not a slow model thinking."""
-        while True:
-            await anyio.sleep(self.reliability.heartbeat_s)
-            if attempt.streamed:
-                return
-            await attempt.sender.heartbeat()
-
-    async def _stream(self, envelope: CallEnvelope, attempt: _Attempt) -> None:
-        wire = self.family.build_request(
-            envelope.request, model=attempt.spec.model, stream=True, options=self.live.spec.options
+        if call is not None and call.sent_tool_calls:
+            await sender.error(exhausted(envelope.failures))  # tool calls cannot be continued
+            return
+        if call is not None:
+            envelope.partial += "".join(call.text)
+        skip = self._skip_rule(envelope, decision)
+        if not envelope.partial and sender.seq > 0:
+            envelope.reset_reason = failure.message
+        kind: EventKind = "continue" if envelope.partial else "fallback"
+        await self._event(kind, envelope, None, failure.message)
+        await dispatch(
+            self.bus,
+            envelope,
+            start=envelope.index + 1,
+            handoff_timeout_s=self.reliability.handoff_timeout_s,
+            skip=skip,
         )
-        headers = {**self._headers, **wire.headers}
-        if wire.auth is not None and wire.auth != self.live.spec.auth:
-            headers = {**self.live.headers(auth=wire.auth), **wire.headers}
-        url = self._base_url + wire.path
-        assert self._http is not None
-        try:
-            async with self._http.stream(
-                wire.method, url, content=wire.body, headers=headers
-            ) as response:
-                if response.status_code != 200:
-                    body = await _read_capped(response.aiter_raw())
-                    raise self.family.parse_error(
-                        response.status_code, body, dict(response.headers), provider=self.provider
-                    )
-                await self._pump(response.aiter_raw(), attempt)
-        except httpx.TransportError as exc:
-            raise _transport_error(exc, self.provider) from exc
 
-    async def _pump(self, chunks: AsyncIterator[bytes], attempt: _Attempt) -> None:
-        parser = self.family.stream_parser(attempt.spec.model)
-        while not attempt.done:
-            limit = self.reliability.stall_timeout_s
-            if not attempt.streamed:
-                limit = self.reliability.ttft_timeout_s
-            with anyio.move_on_after(limit) as scope:
-                chunk = await anext(chunks, None)
-            if scope.cancelled_caught:
-                what = "no first token" if not attempt.streamed else "the stream stalled: nothing"
-                raise ProviderTimeout(f"{self.provider}: {what} for {limit:g}s")
-            if chunk is None:
-                break
-            await attempt.take(parser.feed(chunk))
-        await attempt.take(parser.close())
+    def _skip_rule(
+        self, envelope: CallEnvelope, decision: Decision
+    ) -> Callable[[Candidate], str | None]:
+        """Which later candidates cannot take over, and why."""
+        catalog = self.settings.catalog
+        current = catalog.get(envelope.candidate.model)
+        window = current.context_window if current is not None else 0
+        continuing = bool(envelope.partial)
+
+        def skip(candidate: Candidate) -> str | None:
+            spec = catalog.get(candidate.model)
+            if spec is None:
+                return "not in the catalog"
+            if continuing and "prefill" not in spec.capabilities:
+                return "cannot continue a partial answer (no prefill)"
+            if decision.action is Action.LARGER_CONTEXT and spec.context_window <= window:
+                return f"context window {spec.context_window} is not larger than {window}"
+            return None
+
+        return skip
+
+    # --- what others should know -------------------------------------------------------
+
+    async def _observe(self, spec: ModelSpec, error: OmniLLMError | None) -> None:
+        """Share a change in what this provider or model does with us."""
+        subject, state = self.provider, _health_state(error)
+        if isinstance(error, ModelNotFound):
+            subject = spec.id
+        if state is None:
+            return  # transient failures belong to the circuit breaker, not here
+        if self._health_state.get(subject, "ok") == state:
+            return
+        self._health_state[subject] = state
+        reason = error.message if error is not None else ""
+        await self.health.put(ProviderHealth(subject, state, reason, time.time()))
+
+    def _missing_key(self) -> AuthenticationFailed:
+        where = (
+            self.live.config.api_key_env
+            or self.live.spec.key_env
+            or f"providers.{self.provider}.api_key"
+        )
+        return AuthenticationFailed(f"{self.provider}: no API key (set {where})")
+
+    def _gave_up(self, error: OmniLLMError, *, spec_id: str, call: Call | None) -> _GaveUp:
+        message = error.message.removeprefix(f"{self.provider}: ")
+        failure = Failure(code=error.code, message=f"{spec_id}: {message}", provider=self.provider)
+        return _GaveUp(failure, Decision(Action.FALLBACK, reason=error.code), call)
+
+    async def _event(
+        self,
+        kind: EventKind,
+        envelope: CallEnvelope,
+        spec: ModelSpec | None,
+        reason: str,
+        **detail: float,
+    ) -> None:
+        model = spec.id if spec is not None else envelope.candidate.model
+        event = Event(
+            kind=kind,
+            rid=envelope.rid,
+            provider=self.provider,
+            model=model,
+            reason=reason,
+            attempt=envelope.attempt,
+            detail=dict(detail),
+        )
+        await emit(self.bus, event)
 
 
-async def _read_capped(chunks: AsyncIterator[bytes]) -> bytes:
-    body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > MAX_ERROR_BODY:
-            break
-    return bytes(body[:MAX_ERROR_BODY])
+def _health_state(error: OmniLLMError | None) -> HealthState | None:
+    if error is None:
+        return "ok"
+    if isinstance(error, FreeTierRefused):
+        return "free_tier_refused"
+    if isinstance(error, AuthenticationFailed):
+        return "auth_failed"
+    if isinstance(error, ModelNotFound):
+        return "model_not_found"
+    return None
 
 
-def _transport_error(exc: httpx.TransportError, provider: str) -> ProviderError:
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderTimeout(f"{provider}: {type(exc).__name__} while calling the API")
-    detail = str(exc) or type(exc).__name__
-    return ProviderUnavailable(f"{provider}: connection failed: {detail}", provider=provider)
+def _with_prefill(request: ChatRequest, partial: str) -> ChatRequest:
+    """The request with the answer so far as an assistant prefill, to be continued."""
+    if not partial:
+        return request
+    prefill = Message(role="assistant", content=partial)
+    return msgspec.structs.replace(request, messages=[*request.messages, prefill])
 
 
-def _failure(exc: OmniLLMError, spec: ModelSpec) -> Failure:
-    retry_after = exc.retry_after if isinstance(exc, ProviderError) else None
-    message = exc.message.removeprefix(f"{spec.provider}: ")
+def _failure(error: OmniLLMError, spec: ModelSpec) -> Failure:
+    retry_after = error.retry_after if isinstance(error, ProviderError) else None
+    message = error.message.removeprefix(f"{spec.provider}: ")
     return Failure(
-        code=exc.code,
+        code=error.code,
         message=f"{spec.id}: {message}",
-        retryable=exc.retryable,
+        retryable=error.retryable,
         retry_after=retry_after,
         provider=spec.provider,
     )

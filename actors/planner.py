@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -102,6 +103,8 @@ class _Planner:
             self.rejected.append(f"{spec.id}: needs a paid key (set {live.spec.key_env})")
         elif seen is not None and seen.state == "free_tier_refused" and free:
             self.rejected.append(f"{spec.id}: the provider refuses its free tier to us")
+        elif (why := self._marked(spec)) is not None:
+            self.rejected.append(f"{spec.id}: {why}")
         elif self.allow and not _matches(spec, self.allow):
             self.rejected.append(f"{spec.id}: not in the allow list")
         elif _matches(spec, self.deny):
@@ -113,6 +116,18 @@ class _Planner:
         else:
             return True
         return False
+
+    def _marked(self, spec: ModelSpec) -> str | None:
+        """A recent sign that this provider's key or this model is refused upstream.
+
+        Marks age out after ``reliability.mark_ttl_s``, so a fixed key or a model that
+        came back gets traffic again without anyone clearing the mark."""
+        ttl = self.settings.config.reliability.mark_ttl_s
+        for subject, state in ((spec.provider, "auth_failed"), (spec.id, "model_not_found")):
+            seen = self.health.get(subject)
+            if seen is not None and seen.state == state and time.time() - seen.at < ttl:
+                return f"{state.replace('_', ' ')} recently: {seen.reason}"
+        return None
 
     def cost(self, spec: ModelSpec) -> float:
         return estimate_cost(spec, self.classified)
@@ -227,9 +242,7 @@ class PlannerActor(HandoffActor):
             raise ValueError(f"envelope {envelope.rid} reached the planner unclassified")
         try:
             health = await self.health.snapshot()
-            envelope.candidates = plan(
-                envelope.request, envelope.classified, self.settings, health
-            )
+            envelope.candidates = plan(envelope.request, envelope.classified, self.settings, health)
         except RequestError as exc:
             failure = Failure(code=exc.code, message=exc.message)
             await send_failure(self.bus, envelope.reply, envelope.rid, 0, failure)

@@ -30,8 +30,16 @@ BUCKET: Final = "omni_health"
 _decoder: Final = msgspec.json.Decoder(ProviderHealth)
 
 
-def _key(provider: str) -> str:
-    return f"provider.{provider}"
+_KEY_SAFE: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/.")
+
+
+def _key(subject: str) -> str:
+    """``provider.<name>`` for a provider, ``provider.<p>/<model>`` for a model; characters
+    KV keys cannot hold become ``=XX``."""
+    safe = "".join(
+        c if c in _KEY_SAFE else "".join(f"={b:02X}" for b in c.encode()) for c in subject
+    )
+    return f"provider.{safe}"
 
 
 class HealthBoard:
@@ -83,12 +91,16 @@ class HealthBoard:
         if kv is not None:
             await kv.put(_key(health.provider), msgspec.json.encode(health))
 
-    async def get(self, provider: str) -> ProviderHealth | None:
+    async def get(self, subject: str) -> ProviderHealth | None:
+        """The health of a provider (``openai``) or a model (``openai/gpt-4.1-mini``)."""
+        return await self._read(_key(subject))
+
+    async def _read(self, key: str) -> ProviderHealth | None:
         kv = await self._bucket(create=False)
-        if kv is None:
+        if kv is None or not key.startswith("provider."):
             return None
         try:
-            entry = await kv.get(_key(provider))
+            entry = await kv.get(key)
         except KeyNotFoundError:
             return None
         return _decoder.decode(entry.value) if entry.value else None
@@ -101,5 +113,5 @@ class HealthBoard:
             keys = await kv.keys()
         except NoKeysError:
             return {}
-        found = [await self.get(key.removeprefix("provider.")) for key in keys]
+        found = [await self._read(key) for key in keys]
         return {health.provider: health for health in found if health is not None}

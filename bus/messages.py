@@ -214,6 +214,9 @@ class CallEnvelope(Struct, omit_defaults=True):
     attempt: int = 0
     """Incremented on every handoff to a caller; frames carry it for fencing."""
     partial: str = ""
+    """Answer text that already reached the client: a continuation prefills it."""
+    reset_reason: str = ""
+    """Set when an earlier attempt sent frames but no text: the next one starts with Reset."""
     failures: list[Failure] = []
     created_at: float = 0.0
 
@@ -316,7 +319,7 @@ Frame = Start | Delta | Heartbeat | Reset | Done | Error
 # --- shared state ---------------------------------------------------------------------
 
 
-HealthState = Literal["ok", "free_tier_refused", "auth_failed"]
+HealthState = Literal["ok", "free_tier_refused", "auth_failed", "model_not_found"]
 
 
 class ProviderHealth(Struct):

@@ -30,6 +30,7 @@ from omnillm.bus.messages import (
     Failure,
     Frame,
     Heartbeat,
+    Reset,
     Start,
     TokenUsage,
     ToolCallDelta,
@@ -72,6 +73,9 @@ class StreamSender:
         await self._send(
             Delta(self._rid, self._attempt, self.seq, text=text, tool_calls=tool_calls or [])
         )
+
+    async def reset(self, reason: str) -> None:
+        await self._send(Reset(self._rid, self._attempt, self.seq, reason))
 
     async def heartbeat(self) -> None:
         await self._send(Heartbeat(self._rid, self._attempt, self.seq))

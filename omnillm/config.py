@@ -125,6 +125,9 @@ class ProviderConfig(_Section, frozen=True):
     api_key_env: str | None = None
     headers: dict[str, str] = {}
     rpm: int | None = None
+    """Requests a minute, per caller process."""
+    tpm: int | None = None
+    """Tokens a minute (estimated input + expected output), per caller process."""
     max_concurrency: int = 64
     max_tokens_field: str | None = None
     stream_usage: bool | None = None
@@ -201,6 +204,13 @@ class BreakerConfig(_Section, frozen=True):
 
 class ReliabilityConfig(_Section, frozen=True):
     max_attempts: int = 3
+    """Calls to one candidate (the first included) before falling back."""
+    retry_base_delay_s: float = 0.5
+    retry_max_delay_s: float = 8.0
+    finish_grace_s: float = 0.5
+    mark_ttl_s: float = 300.0
+    """How long a rejected key or an unknown model keeps its provider or model out of plans."""
+    """After a finish reason, how long to wait for the usage before finalising."""
     connect_timeout_s: float = 5.0
     ttft_timeout_s: float = 10.0
     stall_timeout_s: float = 10.0

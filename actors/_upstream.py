@@ -1,0 +1,201 @@
+"""One call to an upstream provider: HTTP over httpx, bytes through a wire parser, frames out.
+
+The caller decides whether to call again; this module only makes one call and says
+how it ended. Every wait is bounded: connect (httpx), the first token, the gap between
+chunks, and whatever is left of the request's deadline (the caller's cancel scope).
+
+A stream is a success only when the provider said it finished (a finish reason).
+Once the finish reason and the usage have arrived the call ends at once, whether or
+not a ``[DONE]`` line or the end of the connection follows; with a finish reason but
+no usage yet, it waits at most ``finish_grace_s`` for the usage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from omnillm.bus.messages import ChatRequest, TokenUsage
+from omnillm.bus.stream import StreamSender
+from omnillm.errors import ProviderError, ProviderTimeout, ProviderUnavailable, RequestError
+from omnillm.providers.base import StreamUpdate, WireFamily, WireOptions
+from omnillm.providers.catalog import ModelSpec
+
+__all__ = ["Call", "Limits", "Upstream", "new_http_client"]
+
+MAX_ERROR_BODY: Final = 64 * 1024
+
+
+def new_http_client(*, max_connections: int, connect_timeout_s: float) -> httpx.AsyncClient:
+    """One client per provider, on the aiohttp transport (a third of httpx's default CPU)."""
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    timeout = httpx.Timeout(
+        connect=connect_timeout_s, read=None, write=30.0, pool=connect_timeout_s
+    )
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(limits=limits), timeout=timeout, trust_env=False
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    ttft_s: float
+    stall_s: float
+    finish_grace_s: float
+    heartbeat_s: float
+
+
+class Call:
+    """One call's progress: what reached the client, and how it ended."""
+
+    def __init__(self, sender: StreamSender, provider: str, spec: ModelSpec) -> None:
+        self.sender = sender
+        self.provider = provider
+        self.spec = spec
+        self.started = time.perf_counter()
+        self.ttft_ms: float | None = None
+        self.text: list[str] = []
+        self.sent_tool_calls = False
+        self.finish_reason: str | None = None
+        self.usage: TokenUsage | None = None
+        self.done = False
+
+    @property
+    def streamed(self) -> bool:
+        """Text or tool calls from this call reached the client."""
+        return self.ttft_ms is not None
+
+    @property
+    def complete(self) -> bool:
+        """Finished with usage known: nothing more worth waiting for."""
+        return self.done or (self.finish_reason is not None and self.usage is not None)
+
+    async def take(self, update: StreamUpdate) -> None:
+        if update.text or update.tool_calls:
+            if self.ttft_ms is None:
+                self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 3)
+                await self.sender.start(self.provider, self.spec.model)
+            await self.sender.delta(update.text, update.tool_calls)
+            self.text.append(update.text)
+            self.sent_tool_calls = self.sent_tool_calls or bool(update.tool_calls)
+        if update.finish_reason is not None:
+            self.finish_reason = update.finish_reason
+        if update.usage is not None:
+            self.usage = update.usage
+        self.done = self.done or update.done
+
+
+class Upstream:
+    """Makes calls to one provider: its base URL, fixed headers, family and limits."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        provider: str,
+        base_url: str,
+        headers: dict[str, str],
+        family: WireFamily,
+        options: WireOptions,
+        limits: Limits,
+        auth_headers: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        self.http = http
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self.headers = headers
+        self.family = family
+        self.options = options
+        self.limits = limits
+        self.auth_headers = auth_headers or {}
+        """Headers for a route that reads another auth header, by auth style."""
+
+    async def call(self, request: ChatRequest, call: Call) -> None:
+        """Stream one answer into ``call``; raise ``ProviderError`` when it fails
+        (``RequestError`` when this family cannot express the request)."""
+        error: ProviderError | RequestError | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeats, call)
+            try:
+                await self._stream(request, call)
+            except (ProviderError, RequestError) as exc:
+                error = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    async def _heartbeats(self, call: Call) -> None:
+        """Until the first token: a heartbeat every ``heartbeat_s``, so the client's
+        first-frame timer measures the router, not a slow model thinking."""
+        while True:
+            await anyio.sleep(self.limits.heartbeat_s)
+            if call.streamed:
+                return
+            await call.sender.heartbeat()
+
+    async def _stream(self, request: ChatRequest, call: Call) -> None:
+        wire = self.family.build_request(
+            request, model=call.spec.model, stream=True, options=self.options
+        )
+        headers = {**self.headers, **wire.headers}
+        if wire.auth is not None and wire.auth in self.auth_headers:
+            headers = {**self.auth_headers[wire.auth], **wire.headers}
+        try:
+            async with self.http.stream(
+                wire.method, self.base_url + wire.path, content=wire.body, headers=headers
+            ) as response:
+                if response.status_code != 200:
+                    body = await _read_capped(response.aiter_raw())
+                    raise self.family.parse_error(
+                        response.status_code, body, dict(response.headers), provider=self.provider
+                    )
+                await self._pump(response.aiter_raw(), call)
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, self.provider) from exc
+
+    async def _pump(self, chunks: AsyncIterator[bytes], call: Call) -> None:
+        parser = self.family.stream_parser(call.spec.model)
+        while not call.complete:
+            limit, waiting_for = self._wait(call)
+            with anyio.move_on_after(limit) as scope:
+                chunk = await anext(chunks, None)
+            if scope.cancelled_caught:
+                if call.finish_reason is not None:
+                    break  # finished; the usage did not follow within the grace
+                raise ProviderTimeout(f"{self.provider}: {waiting_for} for {limit:g}s")
+            if chunk is None:
+                break
+            await call.take(parser.feed(chunk))
+        await call.take(parser.close())
+
+    def _wait(self, call: Call) -> tuple[float, str]:
+        if call.finish_reason is not None:
+            return self.limits.finish_grace_s, "usage"
+        if not call.streamed:
+            return self.limits.ttft_s, "no first token"
+        return self.limits.stall_s, "the stream stalled: nothing"
+
+
+async def _read_capped(chunks: AsyncIterator[bytes]) -> bytes:
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > MAX_ERROR_BODY:
+            break
+    return bytes(body[:MAX_ERROR_BODY])
+
+
+def _transport_error(exc: httpx.TransportError, provider: str) -> ProviderError:
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderTimeout(f"{provider}: {type(exc).__name__} while calling the API")
+    detail = str(exc) or type(exc).__name__
+    return ProviderUnavailable(f"{provider}: connection failed: {detail}", provider=provider)

@@ -15,11 +15,12 @@ from collections.abc import Callable
 
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
+from omnillm.bus.dedup import DedupBoard, Recorder
 from omnillm.bus.handoff import Outcome, hand_off
 from omnillm.bus.messages import CallEnvelope, Candidate, Failure, encode
 from omnillm.bus.stream import send_failure
 
-__all__ = ["dispatch", "exhausted"]
+__all__ = ["dispatch", "exhausted", "fail_request", "recorder_for", "release_key"]
 
 log = logging.getLogger("omnillm.dispatch")
 
@@ -44,6 +45,7 @@ async def dispatch(
     start: int,
     handoff_timeout_s: float,
     skip: Callable[[Candidate], str | None] | None = None,
+    dedup: DedupBoard | None = None,
 ) -> None:
     """Hand ``envelope`` to the candidates from ``start`` on, until one accepts.
 
@@ -84,6 +86,33 @@ async def dispatch(
         )
     # A new attempt number: the last caller's frames (if any) stay in sequence before it.
     envelope.attempt += 1
+    await fail_request(bus, envelope, exhausted(envelope.failures), dedup=dedup)
+
+
+def recorder_for(envelope: CallEnvelope, dedup: DedupBoard | None) -> Recorder | None:
+    """Where a keyed request's frames are recorded for its duplicates; None otherwise."""
+    if dedup is None or not isinstance(envelope.request.idempotency_key, str):
+        return None
+    return dedup.recorder
+
+
+async def release_key(envelope: CallEnvelope, dedup: DedupBoard | None) -> None:
+    """After a keyed request ended in ``Error``: a retry with its key runs afresh."""
+    key = envelope.request.idempotency_key
+    if dedup is not None and isinstance(key, str):
+        await dedup.release(key, envelope.rid)
+
+
+async def fail_request(
+    bus: Bus, envelope: CallEnvelope, failure: Failure, *, dedup: DedupBoard | None
+) -> None:
+    """End the client's stream with ``failure`` (recorded, for a keyed request)."""
     await send_failure(
-        bus, envelope.reply, envelope.rid, envelope.attempt, exhausted(envelope.failures)
+        bus,
+        envelope.reply,
+        envelope.rid,
+        envelope.attempt,
+        failure,
+        recorder=recorder_for(envelope, dedup),
     )
+    await release_key(envelope, dedup)

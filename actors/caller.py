@@ -30,11 +30,12 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
 from omnillm.actors._base import HandoffActor
-from omnillm.actors._dispatch import dispatch, exhausted
+from omnillm.actors._dispatch import dispatch, exhausted, recorder_for, release_key
 from omnillm.actors._policy import Action, Decision, RetryPolicy, decide
 from omnillm.actors._upstream import Call, Limits, Upstream, new_http_client
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
+from omnillm.bus.dedup import DedupBoard
 from omnillm.bus.events import Event, EventKind, emit
 from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import (
@@ -87,6 +88,7 @@ class CallerActor(HandoffActor):
         http: httpx.AsyncClient | None = None,
         workers: int | None = None,
         health: HealthBoard | None = None,
+        dedup: DedupBoard | None = None,
     ) -> None:
         live = settings.providers[provider]
         size = workers or live.config.max_concurrency
@@ -108,6 +110,7 @@ class CallerActor(HandoffActor):
             retry_after_cap_s=self.reliability.retry_after_cap_s,
         )
         self.health = health or HealthBoard(bus)
+        self.dedup = dedup
         self._health_state: dict[str, HealthState] = {}
         self._http = http
         self._rpm = AsyncLimiter(live.config.rpm, 60) if live.config.rpm else None
@@ -146,7 +149,13 @@ class CallerActor(HandoffActor):
 
     async def handle(self, msg: Msg) -> None:
         envelope = decode_envelope(msg.data)
-        sender = StreamSender(self.bus, envelope.reply, envelope.rid, envelope.attempt)
+        sender = StreamSender(
+            self.bus,
+            envelope.reply,
+            envelope.rid,
+            envelope.attempt,
+            recorder=recorder_for(envelope, self.dedup),
+        )
         if envelope.reset_reason:
             await sender.reset(envelope.reset_reason)
         try:
@@ -242,9 +251,11 @@ class CallerActor(HandoffActor):
         envelope.failures.append(failure)
         if decision.action is Action.TO_CLIENT:
             await sender.error(failure)
+            await release_key(envelope, self.dedup)
             return
         if call is not None and call.sent_tool_calls:
             await sender.error(exhausted(envelope.failures))  # tool calls cannot be continued
+            await release_key(envelope, self.dedup)
             return
         if call is not None:
             envelope.partial += "".join(call.text)
@@ -259,6 +270,7 @@ class CallerActor(HandoffActor):
             start=envelope.index + 1,
             handoff_timeout_s=self.reliability.handoff_timeout_s,
             skip=skip,
+            dedup=self.dedup,
         )
 
     def _skip_rule(

@@ -17,8 +17,11 @@ import msgspec
 from nats.aio.msg import Msg
 
 from omnillm.actors._base import Actor
+from omnillm.actors._dispatch import fail_request
 from omnillm.bus import subjects
 from omnillm.bus.connection import RID_HEADER, Bus
+from omnillm.bus.dedup import DedupBoard
+from omnillm.bus.events import Event, emit
 from omnillm.bus.handoff import Outcome, hand_off
 from omnillm.bus.messages import (
     TIERS,
@@ -167,6 +170,7 @@ class ClassifierActor(Actor):
         max_request_bytes: int = 4 * 1024 * 1024,
         handoff_timeout_s: float = 0.5,
         workers: int = 64,
+        dedup: DedupBoard | None = None,
     ) -> None:
         super().__init__(
             bus, subject=subjects.REQUEST, queue=subjects.CLASSIFIER_QUEUE, workers=workers
@@ -174,6 +178,7 @@ class ClassifierActor(Actor):
         self.request_timeout_s = request_timeout_s
         self.max_request_bytes = max_request_bytes
         self.handoff_timeout_s = handoff_timeout_s
+        self.dedup = dedup
 
     async def refuse(self, msg: Msg) -> None:
         failure = Failure(
@@ -192,7 +197,25 @@ class ClassifierActor(Actor):
         if isinstance(result, Failure):
             await send_failure(self.bus, msg.reply, rid, 0, result)
             return
-        await self._forward(self._envelope(rid, msg.reply, result))
+        envelope = self._envelope(rid, msg.reply, result)
+        if await self._is_duplicate(envelope):
+            return
+        await self._forward(envelope)
+
+    async def _is_duplicate(self, envelope: CallEnvelope) -> bool:
+        """A repeat of a keyed request is served the first one's frames, never called again."""
+        key = envelope.request.idempotency_key
+        if self.dedup is None or not isinstance(key, str):
+            return False
+        claim = await self.dedup.claim(key, envelope.rid)
+        if not claim.duplicate:
+            return False
+        event = Event(kind="dedup", rid=envelope.rid, reason=f"duplicate of {claim.rid}")
+        await emit(self.bus, event)
+        await self.dedup.replay(
+            claim.rid, envelope.reply, new_rid=envelope.rid, deadline=envelope.deadline
+        )
+        return True
 
     def _read(self, data: bytes) -> ChatRequest | Failure:
         if len(data) > self.max_request_bytes:
@@ -235,4 +258,4 @@ class ClassifierActor(Actor):
                 message=f"no planner took the request ({subjects.PLAN}: {outcome.value})",
                 retryable=True,
             )
-            await send_failure(self.bus, envelope.reply, envelope.rid, 0, failure)
+            await fail_request(self.bus, envelope, failure, dedup=self.dedup)

@@ -17,9 +17,10 @@ import msgspec
 from nats.aio.msg import Msg
 
 from omnillm.actors._base import HandoffActor
-from omnillm.actors._dispatch import dispatch
+from omnillm.actors._dispatch import dispatch, fail_request
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
+from omnillm.bus.dedup import DedupBoard
 from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import (
     TIERS,
@@ -31,7 +32,6 @@ from omnillm.bus.messages import (
     Tier,
     decode_envelope,
 )
-from omnillm.bus.stream import send_failure
 from omnillm.config import AliasConfig, Settings
 from omnillm.errors import NoCandidates, RequestError, UnknownModel
 from omnillm.providers.catalog import ModelSpec, rates_for
@@ -231,10 +231,12 @@ class PlannerActor(HandoffActor):
         *,
         workers: int = 64,
         health: HealthBoard | None = None,
+        dedup: DedupBoard | None = None,
     ) -> None:
         super().__init__(bus, subject=subjects.PLAN, queue=subjects.PLANNER_QUEUE, workers=workers)
         self.settings = settings
         self.health = health or HealthBoard(bus)
+        self.dedup = dedup
 
     async def handle(self, msg: Msg) -> None:
         envelope = decode_envelope(msg.data)
@@ -245,7 +247,7 @@ class PlannerActor(HandoffActor):
             envelope.candidates = plan(envelope.request, envelope.classified, self.settings, health)
         except RequestError as exc:
             failure = Failure(code=exc.code, message=exc.message)
-            await send_failure(self.bus, envelope.reply, envelope.rid, 0, failure)
+            await fail_request(self.bus, envelope, failure, dedup=self.dedup)
             return
         timeout = self.settings.config.reliability.handoff_timeout_s
-        await dispatch(self.bus, envelope, start=0, handoff_timeout_s=timeout)
+        await dispatch(self.bus, envelope, start=0, handoff_timeout_s=timeout, dedup=self.dedup)

@@ -160,7 +160,7 @@ class ChatRequest(Struct, omit_defaults=True):
     stop: str | list[str] | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
     route: Route | UnsetType = UNSET
-    idempotency_key: str | UnsetType = UNSET
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=255)] | UnsetType = UNSET
     timeout_s: Annotated[float, Meta(gt=0)] | UnsetType = UNSET
 
     def last_user_text(self) -> str:

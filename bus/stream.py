@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream
@@ -45,26 +45,47 @@ from omnillm.errors import (
     StreamStalled,
 )
 
-__all__ = ["FrameSequencer", "StreamSender", "read_frames", "send_failure"]
+__all__ = ["FrameRecorder", "FrameSequencer", "StreamSender", "read_frames", "send_failure"]
 
 NO_RESPONDERS: Final = "503"
 
 
-class StreamSender:
-    """Publishes one attempt's frames to a client, numbering them."""
+class FrameRecorder(Protocol):
+    """Keeps a copy of a keyed request's frames, so duplicates can be served them."""
 
-    def __init__(self, bus: Bus, reply: str, rid: str, attempt: int) -> None:
+    async def record(self, rid: str, payload: bytes) -> None: ...
+
+    async def end(self, rid: str) -> None: ...
+
+
+class StreamSender:
+    """Publishes one attempt's frames to a client, numbering them (and recording them,
+    for a request with an idempotency key)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        reply: str,
+        rid: str,
+        attempt: int,
+        *,
+        recorder: FrameRecorder | None = None,
+    ) -> None:
         self._bus = bus
         self._reply = reply
         self._rid = rid
         self._attempt = attempt
         self._headers = {RID_HEADER: rid}
+        self._recorder = recorder
         self.seq = 0
         self.closed = False
 
     async def _send(self, frame: Frame) -> None:
         self.seq += 1
-        await self._bus.publish(self._reply, encode(frame), headers=self._headers)
+        payload = encode(frame)
+        await self._bus.publish(self._reply, payload, headers=self._headers)
+        if self._recorder is not None:
+            await self._recorder.record(self._rid, payload)
 
     async def start(self, provider: str, model: str) -> None:
         await self._send(Start(self._rid, self._attempt, self.seq, provider, model))
@@ -123,13 +144,23 @@ class StreamSender:
         # The sentinel carries no headers: a zero-length message is what releases
         # cross-account response mappings too.
         await self._bus.publish(self._reply, END_OF_STREAM)
+        if self._recorder is not None:
+            await self._recorder.end(self._rid)
         self.closed = True
 
 
-async def send_failure(bus: Bus, reply: str, rid: str, attempt: int, failure: Failure) -> None:
+async def send_failure(
+    bus: Bus,
+    reply: str,
+    rid: str,
+    attempt: int,
+    failure: Failure,
+    *,
+    recorder: FrameRecorder | None = None,
+) -> None:
     """End a client's stream with one ``Error`` frame (used before any caller ran)."""
     if reply:
-        await StreamSender(bus, reply, rid, attempt).error(failure)
+        await StreamSender(bus, reply, rid, attempt, recorder=recorder).error(failure)
 
 
 class FrameSequencer:

@@ -223,6 +223,11 @@ class ReliabilityConfig(_Section, frozen=True):
     breaker: BreakerConfig = BreakerConfig()
 
 
+class DedupConfig(_Section, frozen=True):
+    ttl_s: float = 600.0
+    """How long an idempotency key and its recorded answer are kept (past the longest request)."""
+
+
 class LedgerConfig(_Section, frozen=True):
     path: str = ".omnillm/ledger.sqlite"
 
@@ -238,6 +243,7 @@ class Config(_Section, frozen=True):
     models: list[ModelConfig] = []
     routing: RoutingConfig = RoutingConfig()
     reliability: ReliabilityConfig = ReliabilityConfig()
+    dedup: DedupConfig = DedupConfig()
     ledger: LedgerConfig = LedgerConfig()
     log: LogConfig = LogConfig()
     data_dir: str = ".omnillm"

@@ -16,7 +16,9 @@
     │   ├── FirstFrameTimeout         nothing arrived within the first-frame limit
     │   ├── StreamStalled             no frame within the stall limit
     │   ├── DeadlineExceeded          the request's total deadline passed
-    │   └── StreamGap                 a frame went missing (slow consumer, reconnect)
+    │   ├── StreamGap                 a frame went missing (slow consumer, reconnect)
+    │   ├── DedupTimeout              a duplicate waited its deadline for the first request
+    │   └── DedupUnavailable          the first request's recording cannot be read
     └── ProviderError                 an upstream provider failed; fields say what the caller can do
         ├── ProviderTimeout           connect, first token, stall
         ├── RateLimited               429; ``retry_after`` when the provider said
@@ -46,6 +48,8 @@ __all__ = [
     "ContentPolicy",
     "ContextLengthExceeded",
     "DeadlineExceeded",
+    "DedupTimeout",
+    "DedupUnavailable",
     "FirstFrameTimeout",
     "FreeTierRefused",
     "InvalidRequest",
@@ -137,6 +141,14 @@ class DeadlineExceeded(StreamError):
 
 class StreamGap(StreamError):
     code = "stream_gap"
+
+
+class DedupTimeout(StreamError):
+    code = "dedup_timeout"
+
+
+class DedupUnavailable(StreamError):
+    code = "dedup_unavailable"
 
 
 class ProviderError(OmniLLMError):

@@ -21,6 +21,7 @@ from omnillm.actors.caller import CallerActor
 from omnillm.actors.classifier import ClassifierActor
 from omnillm.actors.planner import PlannerActor
 from omnillm.bus.connection import Bus
+from omnillm.bus.dedup import DedupBoard
 from omnillm.bus.health import HealthBoard
 from omnillm.config import Settings
 from omnillm.embedded import EmbeddedNats
@@ -58,6 +59,7 @@ def build_actors(
 ) -> list[Service]:
     reliability = settings.config.reliability
     health = HealthBoard(bus)
+    dedup = DedupBoard(bus, ttl_s=settings.config.dedup.ttl_s)
     actors: list[Service] = []
     if "classifier" in kinds:
         actors.append(
@@ -67,12 +69,15 @@ def build_actors(
                 max_request_bytes=reliability.max_request_bytes,
                 handoff_timeout_s=reliability.handoff_timeout_s,
                 workers=reliability.workers,
+                dedup=dedup,
             )
         )
     if "planner" in kinds:
-        actors.append(PlannerActor(bus, settings, workers=reliability.workers, health=health))
+        actors.append(
+            PlannerActor(bus, settings, workers=reliability.workers, health=health, dedup=dedup)
+        )
     if "caller" in kinds:
-        actors.extend(CallerActor(bus, settings, p, health=health) for p in providers)
+        actors.extend(CallerActor(bus, settings, p, health=health, dedup=dedup) for p in providers)
     if "admin" in kinds:
         actors.append(AdminActor(bus, settings, health))
     return actors

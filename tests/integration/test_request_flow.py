@@ -15,7 +15,7 @@ from omnillm.bus import subjects
 from omnillm.bus.connection import RID_HEADER
 from omnillm.bus.messages import Delta, Done, Error, Start, decode_frame
 from omnillm.embedded import EmbeddedNats
-from omnillm.errors import FirstFrameTimeout, NoCandidates, NoRouter, UnknownModel
+from omnillm.errors import FirstFrameTimeout, ModelNotFound, NoCandidates, NoRouter, UnknownModel
 from omnillm.testing.mock_provider import MockProvider, answer_tokens, count_prompt_tokens
 from tests.conftest import client_for, mock_settings, running
 
@@ -316,3 +316,43 @@ async def test_a_busy_caller_sends_the_request_to_the_next_candidate(
             rest = [frame async for frame in first]
     assert (second.provider, second.attempts) == ("spare", 2)
     assert isinstance(rest[-1], Done) and rest[-1].provider == "mock"
+
+
+async def test_an_idempotency_key_calls_the_provider_once_for_every_duplicate(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    mock_provider.settings.token_delay_s = 0.01
+    request = ask("charge my card once", idempotency_key="order-42/charge")
+    async with running(mock_settings(mock_provider), nats_server.url):
+        async with client_for(nats_server.url) as client:
+            first = client.stream(request)
+            assert isinstance(await anext(first), Start)
+            while_running = await client.complete(request)  # attaches to the live stream
+            rest = [frame async for frame in first]
+            afterwards = await client.complete(request)  # gets the recorded result
+            other = await client.complete(ask("charge my card once", idempotency_key="order-43"))
+    text = expected_text("charge my card once")
+    assert "".join(f.text for f in rest if isinstance(f, Delta)).endswith(text[-10:])
+    assert while_running.text == afterwards.text == other.text == text
+    assert while_running.rid != afterwards.rid
+    assert while_running.usage == afterwards.usage
+    assert mock_provider.requests_served == 2  # order-42 once, order-43 once
+
+
+async def test_a_failed_keyed_request_can_be_retried_with_the_same_key(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    bad = ask("retry me", model="mock/missing-model", idempotency_key="k-1")
+    settings = mock_settings(
+        mock_provider,
+        models=[{"id": "mock/missing-model", "price": {"input": 0, "output": 0}}],
+    )
+    async with running(settings, nats_server.url):
+        async with client_for(nats_server.url) as client:
+            with pytest.raises(ModelNotFound):
+                await client.complete(bad)
+            # The failure freed the key: the retry is planned afresh (not replayed), and the
+            # model the provider just disowned is out of the plan without another call.
+            with pytest.raises(NoCandidates, match="model not found recently"):
+                await client.complete(bad)
+    assert mock_provider.requests_served == 1

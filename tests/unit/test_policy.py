@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from omnillm.actors._policy import POLICY, Action, RetryPolicy, backoff, decide
+from omnillm.actors._policy import POLICY, Action, Decision, RetryPolicy, backoff, decide
 
 POLICY_DEFAULTS = RetryPolicy()
 
@@ -20,7 +20,7 @@ def after(
     streamed: bool = False,
     policy: RetryPolicy = POLICY_DEFAULTS,
     seed: int = 1,
-):
+) -> Decision:
     return decide(
         code,
         tries=tries,

@@ -15,6 +15,8 @@ from typing import Any, Final
 from aiohttp import web
 
 from omnillm.testing._mock_common import (
+    CONTEXT_LIMIT,
+    CONTEXT_REQUESTED,
     COST,
     Ask,
     AuthStyle,
@@ -34,11 +36,24 @@ from omnillm.testing._mock_common import (
 __all__ = ["FAMILY"]
 
 _STOP_REASONS: Final = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
-_ERROR_TYPES: Final = {
-    "invalid": "invalid_request_error",
-    "auth": "authentication_error",
-    "model": "not_found_error",
+_ERRORS: Final[dict[str, tuple[str, str]]] = {
+    "invalid": ("invalid_request_error", ""),
+    "auth": ("authentication_error", "invalid x-api-key"),
+    "model": ("not_found_error", ""),
+    "rate_limit": (
+        "rate_limit_error",
+        "Number of requests has exceeded your rate limit. Please try again later.",
+    ),
+    "server": ("api_error", "Internal server error"),
+    "unavailable": ("api_error", "Service unavailable"),
+    "overloaded": ("overloaded_error", "Overloaded"),
+    "context_length": (
+        "invalid_request_error",
+        f"prompt is too long: {CONTEXT_REQUESTED} tokens > {CONTEXT_LIMIT} maximum",
+    ),
+    "content_policy": ("invalid_request_error", "Output blocked by content filtering policy"),
 }
+"""``(error type, message)`` by error kind; ``invalid`` and ``model`` take the detail."""
 
 
 def _turn(message: dict[str, Any]) -> Turn:
@@ -118,13 +133,12 @@ class _Messages:
         )
 
     def error(self, error: MockError) -> web.Response:
-        if error.kind == "auth":
-            message = "invalid x-api-key"
-        elif error.kind == "model":
+        kind, message = _ERRORS[error.kind]
+        if error.kind == "model":
             message = f"model: {error.detail}"
-        else:
+        elif error.kind == "invalid":
             message = error.detail
-        detail = {"type": _ERROR_TYPES[error.kind], "message": message}
+        detail = {"type": kind, "message": message}
         body = {"type": "error", "error": detail, "request_id": "req_mock"}
         return web.json_response(body, status=error.status)
 

@@ -14,6 +14,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from omnillm.testing._mock_common import (
+    CONTENT_POLICY_MESSAGE,
+    CONTEXT_LIMIT,
+    CONTEXT_REQUESTED,
     Ask,
     AuthStyle,
     Frame,
@@ -33,6 +36,19 @@ __all__ = ["FAMILY"]
 
 _DONE: Final[bytes] = b"data: [DONE]\n\n"
 _FINISH: Final = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "TOOL_CALL"}
+_MESSAGES: Final[dict[str, str]] = {
+    "auth": "invalid api token",
+    "rate_limit": "too many requests, please wait and try again later",
+    "server": "internal server error, this has been reported to our developers",
+    "unavailable": "service unavailable, please try again later",
+    "overloaded": "model overloaded, please try again later",
+    "context_length": (
+        f"too many tokens: total number of tokens in the prompt cannot exceed {CONTEXT_LIMIT}"
+        f" - received {CONTEXT_REQUESTED}. Try using a shorter preamble or fewer chat turns."
+    ),
+    "content_policy": CONTENT_POLICY_MESSAGE,
+}
+"""The message of each error kind whose wording does not depend on the request."""
 
 
 def _tool_names(body: dict[str, Any]) -> list[str]:
@@ -108,15 +124,15 @@ class _Chat:
         )
 
     def error(self, error: MockError) -> web.Response:
-        if error.kind == "auth":
-            message = "invalid api token"
-        elif error.kind == "model":
+        if error.kind == "model":
             message = (
                 f"model '{error.detail}' not found, make sure the correct model ID was used "
                 "and that you have access to the model."
             )
-        else:
+        elif error.kind == "invalid":
             message = f"invalid request: {error.detail}"
+        else:
+            message = _MESSAGES[error.kind]
         return web.json_response({"id": "mock-error", "message": message}, status=error.status)
 
     def response(self, plan: Plan) -> dict[str, Any]:

@@ -17,11 +17,17 @@ from typing import Any, Final, Literal, Protocol
 from aiohttp import web
 
 __all__ = [
+    "CONTENT_POLICY_MESSAGE",
+    "CONTEXT_LIMIT",
+    "CONTEXT_REQUESTED",
     "COST",
     "DEFAULT_MODELS",
+    "FAULTS",
+    "FAULT_PREFIX",
     "VOCABULARY",
     "Ask",
     "AuthStyle",
+    "ErrorKind",
     "Family",
     "Frame",
     "MockError",
@@ -55,10 +61,42 @@ VOCABULARY: Final[tuple[str, ...]] = (
 DEFAULT_MODELS: Final[tuple[str, ...]] = ("mock-small", "mock-medium", "mock-large")
 COST: Final = "0.0000485"
 """What OpenCode Zen's routes report as the request's cost, in USD, as a string."""
+FAULTS: Final[tuple[str, ...]] = (
+    "429-retry-after", "429-retry-after-ms", "429", "500-once", "500", "503", "529",
+    "reset", "hang", "slow-first-token", "cut", "stall", "malformed", "no-done",
+    "context-length", "content-policy", "down-then-up", "auth",
+)  # fmt: skip
+"""The fault modes (see ``_mock_faults``); a model named ``fault-<name>`` gets one."""
+FAULT_PREFIX: Final = "fault-"
+CONTEXT_LIMIT: Final = 8192
+CONTEXT_REQUESTED: Final = 9000
+"""The ``context-length`` fault's numbers: the model's window and what the prompt took."""
+CONTENT_POLICY_MESSAGE: Final = "Your request was rejected as a result of our safety system."
 
 AuthStyle = Literal["bearer", "x-api-key", "x-goog-api-key"]
 Finish = Literal["stop", "length", "tool_calls"]
-ErrorKind = Literal["invalid", "auth", "model"]
+ErrorKind = Literal[
+    "invalid",
+    "auth",
+    "model",
+    "rate_limit",
+    "server",
+    "unavailable",
+    "overloaded",
+    "context_length",
+    "content_policy",
+]
+_STATUS: Final[dict[ErrorKind, int]] = {
+    "invalid": 400,
+    "auth": 401,
+    "model": 404,
+    "rate_limit": 429,
+    "server": 500,
+    "unavailable": 503,
+    "overloaded": 529,
+    "context_length": 400,
+    "content_policy": 400,
+}
 
 
 def answer_tokens(prompt: str, n: int) -> list[str]:
@@ -95,7 +133,13 @@ class MockSettings:
     """How the mock answers; read per request, so tests may change it between requests.
 
     ``free_tier_refused`` makes every ``/zen`` route answer OpenCode Zen's 403
-    ``FreeTierError``, as Zen does for clients other than OpenCode."""
+    ``FreeTierError``, as Zen does for clients other than OpenCode.
+
+    Faults (names in :data:`FAULTS`): ``fault`` applies to every generation request,
+    ``faults`` to the requests for one model; a ``fault-<name>`` model name wins over
+    both. ``fault_delay_s`` is how long ``slow-first-token`` keeps the first token
+    back; ``down-then-up`` answers 503 while ``time.monotonic() < down_until`` or for
+    the model's first ``down_requests`` requests."""
 
     tokens: int = 20
     first_token_delay_s: float = 0.0
@@ -103,18 +147,41 @@ class MockSettings:
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     api_key: str | None = None
     free_tier_refused: bool = False
+    fault: str | None = None
+    faults: dict[str, str] = field(default_factory=dict)
+    fault_delay_s: float = 5.0
+    down_until: float = 0.0
+    down_requests: int = 3
+
+    def __post_init__(self) -> None:
+        """A misspelt fault fails here, where the test built its settings."""
+        for name in [self.fault, *self.faults.values()]:
+            if name is not None and name not in FAULTS:
+                raise ValueError(f"unknown mock fault {name!r}; known: {', '.join(FAULTS)}")
 
 
 class MockError(Exception):
     """A rejected request, raised while validating and rendered in the family's shape.
 
     ``kind`` says what went wrong: ``"auth"`` (401), ``"model"`` (404, ``detail`` is the
-    model id) or ``"invalid"`` (400, ``detail`` is the message, ``param`` the field)."""
+    model id) or ``"invalid"`` (400, ``detail`` is the message, ``param`` the field);
+    the fault modes add ``"rate_limit"`` (429), ``"server"`` (500), ``"unavailable"``
+    (503), ``"overloaded"`` (529), ``"context_length"`` and ``"content_policy"`` (400),
+    each family wording them as its upstream does. ``headers`` go on the response
+    (``Retry-After``)."""
 
-    def __init__(self, kind: ErrorKind, detail: str = "", *, param: str | None = None):
+    def __init__(
+        self,
+        kind: ErrorKind,
+        detail: str = "",
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(detail)
         self.kind, self.detail, self.param = kind, detail, param
-        self.status = {"invalid": 400, "auth": 401, "model": 404}[kind]
+        self.status = _STATUS[kind]
+        self.headers = headers or {}
 
 
 def invalid(message: str, param: str | None = None) -> MockError:
@@ -285,6 +352,10 @@ class Script:
     body: list[Frame]
     tail: list[bytes]
     content_type: str = "text/event-stream"
+    finishes_in_tail: bool = False
+    """The tail carries the finish reason and usage (Gemini's last chunk, Responses'
+    ``response.completed``) rather than only ending the stream (``[DONE]``,
+    ``message_stop``), so the ``no-done`` fault must still send it."""
 
 
 def compact(value: object) -> str:

@@ -21,6 +21,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from omnillm.testing._mock_common import (
+    CONTENT_POLICY_MESSAGE,
+    CONTEXT_LIMIT,
+    CONTEXT_REQUESTED,
     COST,
     Ask,
     AuthStyle,
@@ -45,6 +48,23 @@ _KEY_INVALID: Final = {
     "domain": "googleapis.com",
     "metadata": {"service": "generativelanguage.googleapis.com"},
 }
+_STATUSES: Final[dict[str, tuple[str, str]]] = {
+    "rate_limit": ("RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
+    "server": (
+        "INTERNAL",
+        "An internal error has occurred. Please retry or report in "
+        "https://developers.generativeai.google/guide/troubleshooting",
+    ),
+    "unavailable": ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+    "overloaded": ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+    "context_length": (
+        "INVALID_ARGUMENT",
+        f"The input token count ({CONTEXT_REQUESTED}) exceeds the maximum number of tokens "
+        f"allowed ({CONTEXT_LIMIT}).",
+    ),
+    "content_policy": ("INVALID_ARGUMENT", CONTENT_POLICY_MESSAGE),
+}
+"""``(status, message)`` of the errors the fault modes raise."""
 _NO_KEY: Final = (
     "Method doesn't allow unregistered callers (callers without established identity). "
     "Please use API Key or other form of API consumer identity to call this API."
@@ -180,6 +200,8 @@ class _GenerateContent:
             details = [_KEY_INVALID]
         elif error.kind == "model":
             code, message = "NOT_FOUND", _not_found(error.detail)
+        elif error.kind in _STATUSES:
+            code, message = _STATUSES[error.kind]
         body: dict[str, Any] = {"code": status, "message": message, "status": code}
         if details:
             body["details"] = details
@@ -203,7 +225,7 @@ class _GenerateContent:
         if not plan.ask.sse:
             return _json_array(chunks, final)
         body = [Frame(sse(chunk, end="\r\n\r\n"), paced=True) for chunk in chunks]
-        return Script(body, [sse(final, end="\r\n\r\n")])
+        return Script(body, [sse(final, end="\r\n\r\n")], finishes_in_tail=True)
 
 
 def _json_array(chunks: list[dict[str, Any]], final: dict[str, Any]) -> Script:
@@ -211,7 +233,7 @@ def _json_array(chunks: list[dict[str, Any]], final: dict[str, Any]) -> Script:
     texts = [("[" if i == 0 else ",\r\n") + compact(chunk) for i, chunk in enumerate(chunks)]
     body = [Frame(text.encode(), paced=True) for text in texts]
     close = (",\r\n" if texts else "[") + compact(final) + "]"
-    return Script(body, [close.encode()], content_type="application/json")
+    return Script(body, [close.encode()], content_type="application/json", finishes_in_tail=True)
 
 
 FAMILY: Final = _GenerateContent()

@@ -13,6 +13,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from omnillm.testing._mock_common import (
+    CONTENT_POLICY_MESSAGE,
+    CONTEXT_LIMIT,
+    CONTEXT_REQUESTED,
     COST,
     Ask,
     AuthStyle,
@@ -32,6 +35,47 @@ from omnillm.testing._mock_common import (
 __all__ = ["FAMILY"]
 
 _DONE: Final[bytes] = b"data: [DONE]\n\n"
+_ERRORS: Final[dict[str, tuple[str, str | None, str | None, str]]] = {
+    "auth": (
+        "invalid_request_error",
+        None,
+        "invalid_api_key",
+        "Incorrect API key provided. You can find your API key in the mock.",
+    ),
+    "rate_limit": (
+        "requests",
+        None,
+        "rate_limit_exceeded",
+        "Rate limit reached for requests. Please try again later.",
+    ),
+    "server": (
+        "server_error",
+        None,
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+    "unavailable": ("server_error", None, None, "The server is overloaded or not ready yet."),
+    "overloaded": (
+        "server_error",
+        None,
+        None,
+        "The engine is currently overloaded, please try again later.",
+    ),
+    "context_length": (
+        "invalid_request_error",
+        "messages",
+        "context_length_exceeded",
+        f"This model's maximum context length is {CONTEXT_LIMIT} tokens. However, your "
+        f"messages resulted in {CONTEXT_REQUESTED} tokens.",
+    ),
+    "content_policy": (
+        "invalid_request_error",
+        None,
+        "content_policy_violation",
+        CONTENT_POLICY_MESSAGE,
+    ),
+}
+"""``(type, param, code, message)`` of the errors whose wording is fixed."""
 
 
 def _cap(body: dict[str, Any]) -> int | None:
@@ -120,18 +164,14 @@ class _ChatCompletions:
         )
 
     def error(self, error: MockError) -> web.Response:
-        param: str | None
-        code: str | None
-        if error.kind == "auth":
-            message = "Incorrect API key provided. You can find your API key in the mock."
-            param, code = None, "invalid_api_key"
-        elif error.kind == "model":
+        kind, param, code, message = _ERRORS.get(error.kind, ("", None, None, ""))
+        if error.kind == "model":
+            kind, param, code = "invalid_request_error", "model", "model_not_found"
             message = f"The model `{error.detail}` does not exist"
-            param, code = "model", "model_not_found"
-        else:
-            message, param = error.detail, error.param
+        elif error.kind == "invalid":
+            kind, message, param = "invalid_request_error", error.detail, error.param
             code = "invalid_value" if param is not None else None
-        body = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+        body = {"message": message, "type": kind, "param": param, "code": code}
         return web.json_response({"error": body}, status=error.status)
 
     def response(self, plan: Plan) -> dict[str, Any]:

@@ -198,7 +198,7 @@ class _Responses:
         ]
         end = "response.incomplete" if plan.finish == "length" else "response.completed"
         last = {"type": end, "sequence_number": len(events), "response": _response(plan, done=True)}
-        return Script(body, [sse(last, end)])
+        return Script(body, [sse(last, end)], finishes_in_tail=True)
 
 
 FAMILY: Final = _Responses()

@@ -29,45 +29,54 @@ streams and errs in its own shapes (see ``_mock_<family>.py``); Zen adds ``cost`
 A wrong key is a 401 and an unknown model a 404 except where upstream says otherwise,
 which the mock copies: Gemini (400 ``API_KEY_INVALID``, 403 without a key) and Zen's
 own checks (401 ``AuthError`` / ``ModelError``, 403 ``FreeTierError``).
-``python -m omnillm.testing.mock_provider --port 0`` runs it standalone.
+Fault modes for the reliability tests (``429-retry-after``, ``reset``, ``cut``, …, see
+``_mock_faults``) are picked by a ``fault-<name>`` model name, ``settings.faults[model]``
+or ``settings.fault``; ``attempts`` and ``answered`` record what each model got.
+``python -m omnillm.testing.mock_provider --port 0`` runs it standalone (``--fault``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
 from omnillm.testing import (
     _mock_anthropic,
     _mock_cohere,
+    _mock_faults,
     _mock_gemini,
     _mock_openai,
     _mock_responses,
     _mock_zen,
 )
 from omnillm.testing._mock_common import (
+    FAULT_PREFIX,
+    FAULTS,
     VOCABULARY,
+    Ask,
     Family,
-    Frame,
     MockError,
     MockSettings,
     Plan,
-    Script,
     answer_tokens,
     count_prompt_tokens,
     make_plan,
     parse_body,
     presented_key,
 )
+from omnillm.testing._mock_faults import Delivery, delivery
 
 __all__ = [
     "BASE_PATHS",
+    "FAULTS",
     "VOCABULARY",
     "MockProvider",
     "MockSettings",
@@ -112,15 +121,28 @@ class MockProvider:
 
     ``requests_served`` counts generation requests (every family, Zen's routes too),
     counted on arrival (before any byte of the response), including rejected ones;
-    ``in_flight`` counts streams that are still sending, and drops before the stream's
-    terminator (``[DONE]``, ``message_stop``, ``response.completed``, Gemini's finishing
-    chunk) is written, so a client that has read the end sees it already decremented.
+    ``in_flight`` counts responses that are still sending (streams, and non-stream
+    answers a fault delays or cuts), and drops before the stream's terminator
+    (``[DONE]``, ``message_stop``, ``response.completed``, Gemini's finishing chunk) is
+    written, so a client that has read the end sees it already decremented.
+
+    ``attempts`` maps each model to the ``time.monotonic()`` arrival times of its
+    requests (faulted or not; a request whose body names no model, or whose key is
+    wrong, is not there); ``answered`` counts per model the whole answers sent (a
+    stream counts before its terminator, like ``in_flight``; cut, stalled and
+    malformed ones do not count). Faults: see ``_mock_faults`` and :class:`MockSettings`.
     """
 
     def __init__(self, settings: MockSettings | None = None) -> None:
         self.settings = settings if settings is not None else MockSettings()
         self.requests_served = 0
         self.in_flight = 0
+        self.attempts: dict[str, list[float]] = {}
+        self.answered: dict[str, int] = {}
+        self._under_fault: dict[tuple[str, str], int] = {}
+        self._stopping = asyncio.Event()
+        self._arrival = asyncio.Event()
+        """Set (and replaced) whenever ``attempts`` grows."""
         self._runner: web.AppRunner | None = None
         self._host = "127.0.0.1"
         self._port: int | None = None
@@ -145,14 +167,24 @@ class MockProvider:
         )
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
+        self._stopping, self._arrival = asyncio.Event(), asyncio.Event()
         self._runner, self._host = runner, host
         self._port = int(runner.addresses[0][1])
 
     async def stop(self) -> None:
-        """Stop listening; streams still running are cancelled after a short grace."""
+        """Stop listening; hung and stalled responses drop their connections at once,
+        streams still running are cancelled after a short grace."""
+        self._stopping.set()
         if self._runner is not None:
             runner, self._runner, self._port = self._runner, None, None
             await runner.cleanup()
+
+    async def wait_attempts(self, model: str, count: int = 1) -> None:
+        """Return once ``attempts[model]`` holds ``count`` requests: how a test knows a
+        request it cannot see answered (``hang``, a router's retry) reached the mock.
+        Bound it with the caller's timeout."""
+        while len(self.attempts.get(model, ())) < count:
+            await self._arrival.wait()
 
     async def __aenter__(self) -> MockProvider:
         await self.start()
@@ -196,58 +228,124 @@ class MockProvider:
 
         return handle
 
-    async def _plan(self, request: web.Request, family: Family, *, zen: bool) -> Plan:
-        serial = self.requests_served
-        self._check_key(request, family, zen=zen)
-        ask = family.parse(parse_body(await request.read()), request)
-        if ask.model not in self.settings.models:
-            raise MockError("model", ask.model)
-        return make_plan(ask, self.settings, serial, zen=zen)
-
     async def _generate(
         self, request: web.Request, family: Family, *, zen: bool
     ) -> web.StreamResponse:
+        arrived = time.monotonic()
         self.requests_served += 1
+        serial = self.requests_served
         if zen and self.settings.free_tier_refused:
             return _mock_zen.free_tier_refused()
         try:
-            plan = await self._plan(request, family, zen=zen)
+            self._check_key(request, family, zen=zen)
+            ask = family.parse(parse_body(await request.read()), request)
+            self._record(ask.model, arrived)
+            return await self._answer(request, family, ask, serial, zen=zen)
         except MockError as error:
             zen_answer = _mock_zen.error(error) if zen else None
-            return zen_answer if zen_answer is not None else family.error(error)
+            response = zen_answer if zen_answer is not None else family.error(error)
+            response.headers.update(error.headers)
+            return response
+
+    async def _answer(
+        self, request: web.Request, family: Family, ask: Ask, serial: int, *, zen: bool
+    ) -> web.StreamResponse:
+        """The answer to a valid request: its fault acts first (a refusal even for a
+        model the mock does not serve), then the plan goes out as the fault says."""
+        fault = _mock_faults.fault_for(ask.model, self.settings)
+        if fault is not None:
+            key = (ask.model, fault)
+            self._under_fault[key] = self._under_fault.get(key, 0) + 1
+            _mock_faults.refuse(fault, self._under_fault[key], self.settings, time.monotonic())
+            if fault in _mock_faults.DROPS:
+                return await self._drop(request, hang=fault == "hang")
+        if ask.model not in self.settings.models and not ask.model.startswith(FAULT_PREFIX):
+            raise MockError("model", ask.model)
+        plan = make_plan(ask, self.settings, serial, zen=zen)
         if plan.ask.stream:
-            return await self._stream(request, family.script(plan))
+            script = family.script(plan)
+            return await self._deliver(request, plan.model, delivery(script, fault, self.settings))
+        return await self._reply(request, plan, family.response(plan), fault)
+
+    async def _reply(
+        self, request: web.Request, plan: Plan, body: dict[str, Any], fault: str | None
+    ) -> web.StreamResponse:
+        faulted = _mock_faults.json_delivery(json.dumps(body).encode(), fault, self.settings)
+        if faulted is not None:
+            return await self._deliver(request, plan.model, faulted)
         delay = self.settings.first_token_delay_s
         delay += self.settings.token_delay_s * max(0, len(plan.tokens) - 1)
         await asyncio.sleep(delay)
-        return web.json_response(family.response(plan))
+        self._count_answer(plan.model)
+        return web.json_response(body)
 
-    async def _stream(self, request: web.Request, script: Script) -> web.StreamResponse:
+    async def _drop(self, request: web.Request, *, hang: bool) -> web.StreamResponse:
+        """Close the connection before any response header: at once (``reset``) or
+        once the server stops (``hang``)."""
+        if hang:
+            await self._stopping.wait()
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response()  # never sent: aiohttp finds the connection closed
+
+    async def _deliver(
+        self, request: web.Request, model: str, delivery: Delivery
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
-        response.content_type = script.content_type
+        response.content_type = delivery.content_type
+        if delivery.length is not None:
+            response.content_length = delivery.length
         await response.prepare(request)
         self.in_flight += 1
         try:
-            await self._send(response, script.body)
+            await self._send(response, delivery)
+            if delivery.end == "stall":
+                return await self._linger(request, response)
         finally:
             self.in_flight -= 1
-        for data in script.tail:
+        if delivery.answered:
+            self._count_answer(model)
+        for data in delivery.tail:
             await response.write(data)
+        if delivery.end == "linger":
+            return await self._linger(request, response)
+        if delivery.end == "abort" and request.transport is not None:
+            request.transport.close()
+            return response
         await response.write_eof()
         return response
 
-    async def _send(self, response: web.StreamResponse, frames: list[Frame]) -> None:
+    async def _linger(
+        self, request: web.Request, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        """Keep the connection open, sending nothing, until the server stops; then drop it."""
+        await self._stopping.wait()
+        if request.transport is not None:
+            request.transport.close()
+        return response
+
+    async def _send(self, response: web.StreamResponse, delivery: Delivery) -> None:
         """Write each frame at once; a content frame waits the first-token delay (the
-        first one) or the per-token delay (later ones) before it goes."""
-        paced = 0
-        for frame in frames:
+        first one; the delivery's own when a fault sets one) or the per-token delay
+        (later ones) before it goes."""
+        settings, paced = self.settings, 0
+        first = delivery.first_delay_s
+        for frame in delivery.body:
             if frame.paced:
-                settings = self.settings
-                await asyncio.sleep(
-                    settings.first_token_delay_s if paced == 0 else settings.token_delay_s
-                )
+                if paced == 0:
+                    await asyncio.sleep(settings.first_token_delay_s if first is None else first)
+                else:
+                    await asyncio.sleep(settings.token_delay_s)
                 paced += 1
             await response.write(frame.data)
+
+    def _record(self, model: str, arrived: float) -> None:
+        self.attempts.setdefault(model, []).append(arrived)
+        arrival, self._arrival = self._arrival, asyncio.Event()
+        arrival.set()
+
+    def _count_answer(self, model: str) -> None:
+        self.answered[model] = self.answered.get(model, 0) + 1
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -281,6 +379,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--free-tier-refused", action="store_true")
+    parser.add_argument("--fault", choices=FAULTS, default=None, help="for every request")
     return parser.parse_args(argv)
 
 
@@ -292,6 +391,7 @@ async def _serve(args: argparse.Namespace) -> None:
         token_delay_s=args.token_delay_ms / 1000,
         api_key=args.api_key,
         free_tier_refused=args.free_tier_refused,
+        fault=args.fault,
     )
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -96,17 +96,17 @@ def key_token(key: str) -> str:
     """A KV-safe, reversible form of ``key``: bytes outside ``[A-Za-z0-9-]`` become ``_XX``.
 
     ``.`` is escaped too, so a key never splits into subject tokens. The same spelling
-    as ``breakers.key_token`` (one shared function belongs in ``subjects``). Raises
+    as every other KV key (``subjects.key_token``). Raises
     ``ValueError`` for an empty key or one over ``MAX_KEY_BYTES`` UTF-8 bytes.
     """
-    raw = key.encode()
-    if not 0 < len(raw) <= MAX_KEY_BYTES:
-        raise ValueError(f"an idempotency key has 1 to {MAX_KEY_BYTES} bytes, not {len(raw)}")
-    return "".join(chr(b) if b in _PLAIN else f"_{b:02X}" for b in raw)
+    size = len(key.encode())
+    if not 0 < size <= MAX_KEY_BYTES:
+        raise ValueError(f"an idempotency key has 1 to {MAX_KEY_BYTES} bytes, not {size}")
+    return subjects.key_token(key)
 
 
 def key_from_token(token: str) -> str:
-    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), token).encode("latin-1").decode()
+    return subjects.from_key_token(token)
 
 
 def replay_subject(rid: str) -> str:

@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import ProviderHealth
+from omnillm.bus.subjects import key_token
 
 __all__ = ["BUCKET", "HealthBoard"]
 
@@ -30,16 +31,12 @@ BUCKET: Final = "omni_health"
 _decoder: Final = msgspec.json.Decoder(ProviderHealth)
 
 
-_KEY_SAFE: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/.")
+PREFIX: Final = "provider"
 
 
 def _key(subject: str) -> str:
-    """``provider.<name>`` for a provider, ``provider.<p>/<model>`` for a model; characters
-    KV keys cannot hold become ``=XX``."""
-    safe = "".join(
-        c if c in _KEY_SAFE else "".join(f"={b:02X}" for b in c.encode()) for c in subject
-    )
-    return f"provider.{safe}"
+    """``provider.<token>`` for a provider (``openai``) or a model (``openai/gpt-4.1-mini``)."""
+    return f"{PREFIX}.{key_token(subject)}"
 
 
 class HealthBoard:
@@ -97,7 +94,7 @@ class HealthBoard:
 
     async def _read(self, key: str) -> ProviderHealth | None:
         kv = await self._bucket(create=False)
-        if kv is None or not key.startswith("provider."):
+        if kv is None:
             return None
         try:
             entry = await kv.get(key)
@@ -110,7 +107,7 @@ class HealthBoard:
         if kv is None:
             return {}
         try:
-            keys = await kv.keys()
+            keys = await kv.keys(filters=[f"{PREFIX}.>"])
         except NoKeysError:
             return {}
         found = [await self._read(key) for key in keys]

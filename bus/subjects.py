@@ -8,6 +8,7 @@ name would silently misroute.
 from __future__ import annotations
 
 import re
+import string
 from typing import Final
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "caller_queue",
     "check_token",
     "events",
+    "from_key_token",
+    "key_token",
     "usage",
 ]
 
@@ -30,6 +33,9 @@ CLASSIFIER_QUEUE: Final = "classifier"
 PLANNER_QUEUE: Final = "planner"
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PLAIN: Final = frozenset(string.ascii_letters + string.digits + "-")
+_ESCAPED: Final = re.compile(r"_([0-9A-F]{2})")
+_KEY_TOKEN: Final = re.compile(r"(?:[A-Za-z0-9-]|_[0-9A-F]{2})+")
 
 
 def check_token(token: str) -> str:
@@ -57,3 +63,24 @@ def events(kind: str) -> str:
 
 def admin(name: str) -> str:
     return f"{ADMIN_PREFIX}.{check_token(name)}"
+
+
+def key_token(text: str) -> str:
+    """``text`` as one KV key token: ``[A-Za-z0-9-]`` kept, every other UTF-8 byte ``_XX``.
+
+    ``openrouter/openai/gpt-5.2:free`` -> ``openrouter_2Fopenai_2Fgpt-5_2E2_3Afree``.
+    """
+    if not text:
+        raise ValueError("an empty name has no key token")
+    return "".join(c if c in _PLAIN else "".join(f"_{b:02X}" for b in c.encode()) for c in text)
+
+
+def from_key_token(token: str) -> str:
+    """The text ``key_token`` made ``token`` from; ValueError for anything it cannot make."""
+    if not _KEY_TOKEN.fullmatch(token):
+        raise ValueError(f"not a key token: {token!r}")
+    raw = _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), token)
+    text = raw.encode("latin-1").decode()  # UnicodeDecodeError is a ValueError
+    if key_token(text) != token:  # one spelling per name, or two keys could hold one breaker
+        raise ValueError(f"not the key token of {text!r}: {token!r}")
+    return text

@@ -29,7 +29,10 @@ import random
 from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["POLICY", "Action", "Decision", "RetryPolicy", "decide"]
+from omnillm.bus.messages import HealthState
+from omnillm.errors import AuthenticationFailed, FreeTierRefused, ModelNotFound, OmniLLMError
+
+__all__ = ["POLICY", "Action", "Decision", "RetryPolicy", "decide", "health_state"]
 
 
 class Action(enum.Enum):
@@ -128,3 +131,17 @@ def decide(
     if tries >= policy.first_second_tries:
         delay = max(delay, 1.0 - since_first_s)
     return decision(Action.RETRY, code, delay)
+
+
+def health_state(error: OmniLLMError | None) -> HealthState | None:
+    """What an outcome says about a provider (or model) for the health board; None: nothing
+    lasting (transient failures belong to the circuit breaker)."""
+    if error is None:
+        return "ok"
+    if isinstance(error, FreeTierRefused):
+        return "free_tier_refused"
+    if isinstance(error, AuthenticationFailed):
+        return "auth_failed"
+    if isinstance(error, ModelNotFound):
+        return "model_not_found"
+    return None

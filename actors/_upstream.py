@@ -15,19 +15,28 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from omnillm.bus.messages import ChatRequest, TokenUsage
-from omnillm.bus.stream import StreamSender
+from omnillm.bus.messages import ChatRequest, TokenUsage, ToolCallDelta
+from omnillm.config import Settings
 from omnillm.errors import ProviderError, ProviderTimeout, ProviderUnavailable, RequestError
 from omnillm.providers.base import StreamUpdate, WireFamily, WireOptions
 from omnillm.providers.catalog import ModelSpec
+from omnillm.providers.families import family_for
 
-__all__ = ["Call", "Limits", "Upstream", "new_http_client"]
+__all__ = [
+    "Call",
+    "Discard",
+    "FrameSink",
+    "Limits",
+    "Upstream",
+    "new_http_client",
+    "upstream_for",
+]
 
 MAX_ERROR_BODY: Final = 64 * 1024
 
@@ -53,10 +62,33 @@ class Limits:
     heartbeat_s: float
 
 
+class FrameSink(Protocol):
+    """Where a call's frames go: the client's stream (``StreamSender``), or nowhere (a probe)."""
+
+    async def start(self, provider: str, model: str) -> None: ...
+
+    async def delta(self, text: str, tool_calls: list[ToolCallDelta] | None = None) -> None: ...
+
+    async def heartbeat(self) -> None: ...
+
+
+class Discard:
+    """A sink for calls nobody reads: the prober's."""
+
+    async def start(self, provider: str, model: str) -> None:
+        pass
+
+    async def delta(self, text: str, tool_calls: list[ToolCallDelta] | None = None) -> None:
+        pass
+
+    async def heartbeat(self) -> None:
+        pass
+
+
 class Call:
     """One call's progress: what reached the client, and how it ended."""
 
-    def __init__(self, sender: StreamSender, provider: str, spec: ModelSpec) -> None:
+    def __init__(self, sender: FrameSink, provider: str, spec: ModelSpec) -> None:
         self.sender = sender
         self.provider = provider
         self.spec = spec
@@ -199,3 +231,18 @@ def _transport_error(exc: httpx.TransportError, provider: str) -> ProviderError:
         return ProviderTimeout(f"{provider}: {type(exc).__name__} while calling the API")
     detail = str(exc) or type(exc).__name__
     return ProviderUnavailable(f"{provider}: connection failed: {detail}", provider=provider)
+
+
+def upstream_for(settings: Settings, provider: str, http: httpx.AsyncClient) -> Upstream:
+    """The upstream of a configured provider, as its callers and the prober reach it."""
+    live, r = settings.providers[provider], settings.config.reliability
+    return Upstream(
+        http,
+        provider=provider,
+        base_url=live.spec.base_url,
+        headers=live.headers(),
+        family=family_for(live.spec.family),
+        options=live.spec.options,
+        limits=Limits(r.ttft_timeout_s, r.stall_timeout_s, r.finish_grace_s, r.heartbeat_s),
+        auth_headers={s: live.headers(auth=s) for s in ("bearer", "x-api-key", "x-goog-api-key")},
+    )

@@ -9,6 +9,7 @@ the callback answers inline.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Final
 
@@ -18,9 +19,11 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
 from omnillm.bus import subjects
+from omnillm.bus._breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from omnillm.bus.breakers import BreakerBoard, breaker_key
 from omnillm.bus.connection import Bus
 from omnillm.bus.health import HealthBoard
-from omnillm.bus.messages import Failure, ProviderHealth
+from omnillm.bus.messages import Failure, LatencyStat, ProviderHealth
 from omnillm.config import Settings
 from omnillm.providers.families import IMPLEMENTED
 from omnillm.providers.registry import BUILTIN_PROVIDERS
@@ -45,6 +48,11 @@ class ProviderRow(msgspec.Struct):
     reason: str
     base_url: str
     models: int
+    circuit: str = "closed"
+    """The provider's breaker: ``closed``, ``open`` or ``half_open``."""
+    ttft_ms: float | None = None
+    """The best observed time to first token among its models (moving average)."""
+    error_rate: float | None = None
 
 
 class ModelRow(msgspec.Struct):
@@ -87,12 +95,21 @@ def _state(name: str, settings: Settings, health: Mapping[str, ProviderHealth]) 
 
 
 def provider_rows(
-    settings: Settings, health: Mapping[str, ProviderHealth] | None = None
+    settings: Settings,
+    health: Mapping[str, ProviderHealth] | None = None,
+    circuits: Mapping[str, BreakerState] | None = None,
+    latency: Mapping[str, LatencyStat] | None = None,
 ) -> list[ProviderRow]:
     """Every built-in and declared provider: whether requests can go there, and why not."""
     names = sorted({*BUILTIN_PROVIDERS, *settings.config.providers})
     rows = []
     for name in names:
+        breaker = (circuits or {}).get(breaker_key(name))
+        fastest = min(
+            (s for s in (latency or {}).values() if s.provider == name and s.ttft_ms > 0),
+            key=lambda s: s.ttft_ms,
+            default=None,
+        )
         live = settings.providers.get(name)
         spec = live.spec if live is not None else BUILTIN_PROVIDERS.get(name)
         state, reason = _state(name, settings, health or {})
@@ -104,9 +121,22 @@ def provider_rows(
                 reason=reason,
                 base_url=spec.base_url if spec else "",
                 models=len(settings.catalog.for_provider(name)),
+                circuit=_phase(breaker),
+                ttft_ms=round(fastest.ttft_ms, 1) if fastest else None,
+                error_rate=round(fastest.error_rate, 3) if fastest else None,
             )
         )
     return rows
+
+
+def _phase(state: BreakerState | None) -> str:
+    if state is None:
+        return "closed"
+    return (
+        CircuitBreaker(BreakerPolicy(), state).phase(time.time())
+        if state.state == "open"
+        else state.state
+    )
 
 
 def model_rows(settings: Settings) -> list[ModelRow]:
@@ -136,10 +166,13 @@ class AdminActor:
 
     name = "admin"
 
-    def __init__(self, bus: Bus, settings: Settings, health: HealthBoard) -> None:
+    def __init__(
+        self, bus: Bus, settings: Settings, health: HealthBoard, breakers: BreakerBoard
+    ) -> None:
         self.bus = bus
         self.settings = settings
         self.health = health
+        self.breakers = breakers
         self._stopping = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -166,7 +199,13 @@ class AdminActor:
 
     async def _answer(self, what: str) -> bytes:
         if what == "providers":
-            return msgspec.json.encode(provider_rows(self.settings, await self.health.all()))
+            rows = provider_rows(
+                self.settings,
+                await self.health.all(),
+                await self.breakers.states(),
+                await self.health.latencies(),
+            )
+            return msgspec.json.encode(rows)
         if what == "models":
             return msgspec.json.encode(model_rows(self.settings))
         return msgspec.json.encode(

@@ -30,14 +30,14 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
 from omnillm.actors._base import HandoffActor
+from omnillm.actors._boards import Boards
 from omnillm.actors._dispatch import dispatch, exhausted, recorder_for, release_key
-from omnillm.actors._policy import Action, Decision, RetryPolicy, decide
-from omnillm.actors._upstream import Call, Limits, Upstream, new_http_client
+from omnillm.actors._policy import Action, Decision, RetryPolicy, decide, health_state, rule_for
+from omnillm.actors._upstream import Call, new_http_client, upstream_for
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.dedup import DedupBoard
 from omnillm.bus.events import Event, EventKind, emit
-from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import (
     CallEnvelope,
     Candidate,
@@ -53,20 +53,26 @@ from omnillm.bus.stream import StreamSender
 from omnillm.config import LiveProvider, Settings
 from omnillm.errors import (
     AuthenticationFailed,
-    FreeTierRefused,
     MalformedResponse,
     ModelNotFound,
     OmniLLMError,
     ProviderError,
     ProviderTimeout,
+    ProviderUnavailable,
     RequestError,
 )
 from omnillm.providers.catalog import ModelSpec, cost_usd
-from omnillm.providers.families import family_for
 
 __all__ = ["CallerActor", "new_http_client"]
 
 log = logging.getLogger("omnillm.caller")
+
+
+class _CircuitOpen(ProviderUnavailable):
+    code = "circuit_open"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"{model}: the circuit is open (the provider failed recently)")
 
 
 @dataclass(slots=True)
@@ -87,8 +93,7 @@ class CallerActor(HandoffActor):
         *,
         http: httpx.AsyncClient | None = None,
         workers: int | None = None,
-        health: HealthBoard | None = None,
-        dedup: DedupBoard | None = None,
+        boards: Boards | None = None,
     ) -> None:
         live = settings.providers[provider]
         size = workers or live.config.max_concurrency
@@ -109,35 +114,21 @@ class CallerActor(HandoffActor):
             max_delay_s=self.reliability.retry_max_delay_s,
             retry_after_cap_s=self.reliability.retry_after_cap_s,
         )
-        self.health = health or HealthBoard(bus)
-        self.dedup = dedup
+        boards = boards or Boards.for_bus(bus, settings)
+        self.health = boards.health
+        self.breakers = boards.breakers
+        self.dedup: DedupBoard | None = boards.dedup
         self._health_state: dict[str, HealthState] = {}
         self._http = http
         self._rpm = AsyncLimiter(live.config.rpm, 60) if live.config.rpm else None
         self._tpm = AsyncLimiter(live.config.tpm, 60) if live.config.tpm else None
-
-    def _upstream(self, http: httpx.AsyncClient) -> Upstream:
-        live, r = self.live, self.reliability
-        return Upstream(
-            http,
-            provider=self.provider,
-            base_url=live.spec.base_url,
-            headers=live.headers(),
-            family=family_for(live.spec.family),
-            options=live.spec.options,
-            limits=Limits(r.ttft_timeout_s, r.stall_timeout_s, r.finish_grace_s, r.heartbeat_s),
-            auth_headers={
-                style: live.headers(auth=style)
-                for style in ("bearer", "x-api-key", "x-goog-api-key")
-            },
-        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         owned = self._http is None
         http = self._http or new_http_client(
             max_connections=self.workers, connect_timeout_s=self.reliability.connect_timeout_s
         )
-        self.upstream = self._upstream(http)
+        self.upstream = upstream_for(self.settings, self.provider, http)
         try:
             await super().run(task_status=task_status)
         finally:
@@ -179,13 +170,15 @@ class CallerActor(HandoffActor):
         first, tries = time.monotonic(), 0
         while True:
             tries += 1
+            if not await self.breakers.allows(self.provider, spec.id):
+                return self._gave_up(_CircuitOpen(spec.id), spec_id=spec.id, call=None)
             call = Call(sender, self.provider, spec)
             error = await self._call(envelope, request, call)
             if error is None:
                 await self._finish(envelope, sender, spec, call)
-                await self._observe(spec, None)
+                await self._outcome(envelope, spec, call, None)
                 return None
-            await self._observe(spec, error)
+            await self._outcome(envelope, spec, call, error)
             decision = decide(
                 error.code,
                 tries=tries,
@@ -296,9 +289,22 @@ class CallerActor(HandoffActor):
 
     # --- what others should know -------------------------------------------------------
 
+    async def _outcome(
+        self, envelope: CallEnvelope, spec: ModelSpec, call: Call, error: OmniLLMError | None
+    ) -> None:
+        """After the client has what it needs: breakers, health, and the outcome event the
+        prober learns latency from."""
+        if error is None or rule_for(error.code).breaker:
+            await self.breakers.record(self.provider, spec.id, error is None)
+        await self._observe(spec, error)
+        detail: dict[str, float] = {"ok": float(error is None)}
+        if call.ttft_ms is not None:
+            detail["ttft_ms"] = call.ttft_ms
+        await self._event("outcome", envelope, spec, error.code if error else "ok", **detail)
+
     async def _observe(self, spec: ModelSpec, error: OmniLLMError | None) -> None:
         """Share a change in what this provider or model does with us."""
-        subject, state = self.provider, _health_state(error)
+        subject, state = self.provider, health_state(error)
         if isinstance(error, ModelNotFound):
             subject = spec.id
         if state is None:
@@ -341,18 +347,6 @@ class CallerActor(HandoffActor):
             detail=dict(detail),
         )
         await emit(self.bus, event)
-
-
-def _health_state(error: OmniLLMError | None) -> HealthState | None:
-    if error is None:
-        return "ok"
-    if isinstance(error, FreeTierRefused):
-        return "free_tier_refused"
-    if isinstance(error, AuthenticationFailed):
-        return "auth_failed"
-    if isinstance(error, ModelNotFound):
-        return "model_not_found"
-    return None
 
 
 def _with_prefill(request: ChatRequest, partial: str) -> ChatRequest:

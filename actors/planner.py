@@ -17,17 +17,19 @@ import msgspec
 from nats.aio.msg import Msg
 
 from omnillm.actors._base import HandoffActor
+from omnillm.actors._boards import Boards
 from omnillm.actors._dispatch import dispatch, fail_request
 from omnillm.bus import subjects
+from omnillm.bus.breakers import breaker_key
 from omnillm.bus.connection import Bus
 from omnillm.bus.dedup import DedupBoard
-from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import (
     TIERS,
     Candidate,
     ChatRequest,
     Classified,
     Failure,
+    LatencyStat,
     ProviderHealth,
     Tier,
     decode_envelope,
@@ -76,7 +78,10 @@ class _Planner:
         classified: Classified,
         settings: Settings,
         health: Mapping[str, ProviderHealth],
+        open_circuits: set[str] | frozenset[str] = frozenset(),
     ):
+        self.open_circuits = open_circuits
+        self.latency: Mapping[str, LatencyStat] = {}
         self.request = request
         self.classified = classified
         self.settings = settings
@@ -103,7 +108,7 @@ class _Planner:
             self.rejected.append(f"{spec.id}: needs a paid key (set {live.spec.key_env})")
         elif seen is not None and seen.state == "free_tier_refused" and free:
             self.rejected.append(f"{spec.id}: the provider refuses its free tier to us")
-        elif (why := self._marked(spec)) is not None:
+        elif (why := self._marked(spec) or self._circuit(spec)) is not None:
             self.rejected.append(f"{spec.id}: {why}")
         elif self.allow and not _matches(spec, self.allow):
             self.rejected.append(f"{spec.id}: not in the allow list")
@@ -129,6 +134,19 @@ class _Planner:
                 return f"{state.replace('_', ' ')} recently: {seen.reason}"
         return None
 
+    def _ttft(self, spec: ModelSpec) -> float:
+        """Observed time to first token; a model never seen sorts after every measured one."""
+        stat = self.latency.get(spec.id)
+        return stat.ttft_ms if stat is not None and stat.ttft_ms > 0 else float("inf")
+
+    def _circuit(self, spec: ModelSpec) -> str | None:
+        """An open breaker (a half-open one with its probe free is not open: it may serve)."""
+        if breaker_key(spec.provider) in self.open_circuits:
+            return f"the circuit for provider {spec.provider} is open"
+        if breaker_key(spec.provider, spec.id) in self.open_circuits:
+            return "its circuit is open"
+        return None
+
     def cost(self, spec: ModelSpec) -> float:
         return estimate_cost(spec, self.classified)
 
@@ -139,6 +157,8 @@ class _Planner:
         capable = [s for s in specs if TIERS.index(s.tier) >= rank]
         if not capable:  # nothing strong enough is configured: the strongest there is
             return sorted(specs, key=lambda s: (-TIERS.index(s.tier), self.cost(s)))
+        if self.strategy == "latency":
+            return sorted(capable, key=lambda s: (self._ttft(s), self.cost(s)))
         if self.strategy == "priority":
             priority = self.settings.config.routing.priority
             return sorted(capable, key=lambda s: (self._priority(s, priority), self.cost(s)))
@@ -181,13 +201,17 @@ def plan(
     classified: Classified,
     settings: Settings,
     health: Mapping[str, ProviderHealth] | None = None,
+    *,
+    open_circuits: set[str] | frozenset[str] = frozenset(),
+    latency: Mapping[str, LatencyStat] | None = None,
 ) -> list[Candidate]:
     """The ordered fallback chain for ``request``; raises ``RequestError`` when there is none.
 
     ``health`` is what callers shared: a provider that refuses its free tier to us
     gets no more free-model requests.
     """
-    planner = _Planner(request, classified, settings, health or {})
+    planner = _Planner(request, classified, settings, health or {}, open_circuits)
+    planner.latency = latency or {}
     aliases = settings.config.routing.aliases
     model = request.model
     if model in aliases:
@@ -230,13 +254,14 @@ class PlannerActor(HandoffActor):
         settings: Settings,
         *,
         workers: int = 64,
-        health: HealthBoard | None = None,
-        dedup: DedupBoard | None = None,
+        boards: Boards | None = None,
     ) -> None:
         super().__init__(bus, subject=subjects.PLAN, queue=subjects.PLANNER_QUEUE, workers=workers)
         self.settings = settings
-        self.health = health or HealthBoard(bus)
-        self.dedup = dedup
+        boards = boards or Boards.for_bus(bus, settings)
+        self.health = boards.health
+        self.breakers = boards.breakers
+        self.dedup: DedupBoard | None = boards.dedup
 
     async def handle(self, msg: Msg) -> None:
         envelope = decode_envelope(msg.data)
@@ -244,7 +269,14 @@ class PlannerActor(HandoffActor):
             raise ValueError(f"envelope {envelope.rid} reached the planner unclassified")
         try:
             health = await self.health.snapshot()
-            envelope.candidates = plan(envelope.request, envelope.classified, self.settings, health)
+            envelope.candidates = plan(
+                envelope.request,
+                envelope.classified,
+                self.settings,
+                health,
+                open_circuits=self.breakers.open_circuits(),
+                latency=self.health.latency_snapshot(),
+            )
         except RequestError as exc:
             failure = Failure(code=exc.code, message=exc.message)
             await fail_request(self.bus, envelope, failure, dedup=self.dedup)

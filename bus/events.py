@@ -20,7 +20,7 @@ __all__ = ["Event", "EventKind", "emit"]
 
 log = logging.getLogger("omnillm.events")
 
-EventKind = Literal["retry", "fallback", "circuit", "reject", "dedup", "continue"]
+EventKind = Literal["retry", "fallback", "circuit", "reject", "dedup", "continue", "outcome"]
 
 
 class Event(msgspec.Struct, omit_defaults=True):

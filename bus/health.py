@@ -20,7 +20,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from omnillm.bus.connection import Bus
-from omnillm.bus.messages import ProviderHealth
+from omnillm.bus.messages import LatencyStat, ProviderHealth
 from omnillm.bus.subjects import key_token
 
 __all__ = ["BUCKET", "HealthBoard"]
@@ -32,6 +32,8 @@ _decoder: Final = msgspec.json.Decoder(ProviderHealth)
 
 
 PREFIX: Final = "provider"
+LATENCY_PREFIX: Final = "latency"
+_latency_decoder: Final = msgspec.json.Decoder(LatencyStat)
 
 
 def _key(subject: str) -> str:
@@ -48,6 +50,7 @@ class HealthBoard:
         self._kv: KeyValue | None = None
         self._unavailable = False
         self._snapshot: dict[str, ProviderHealth] = {}
+        self._latency: dict[str, LatencyStat] = {}
         self._snapshot_at = -1e9
         self._refreshing = False
 
@@ -61,6 +64,7 @@ class HealthBoard:
             self._refreshing = True
             try:
                 self._snapshot = {**await self.all()}
+                self._latency = await self.latencies()
             finally:
                 self._snapshot_at = time.monotonic()
                 self._refreshing = False
@@ -81,6 +85,34 @@ class HealthBoard:
             log.warning("provider health is not shared: %s", exc or type(exc).__name__)
             self._unavailable = True
         return self._kv
+
+    def latency_snapshot(self) -> dict[str, LatencyStat]:
+        """Latency by catalog model id, as of the last ``snapshot`` refresh (no I/O)."""
+        return self._latency
+
+    async def put_latency(self, stat: LatencyStat) -> None:
+        kv = await self._bucket(create=True)
+        if kv is not None:
+            await kv.put(f"{LATENCY_PREFIX}.{key_token(stat.model)}", msgspec.json.encode(stat))
+
+    async def latencies(self) -> dict[str, LatencyStat]:
+        kv = await self._bucket(create=False)
+        if kv is None:
+            return {}
+        try:
+            keys = await kv.keys(filters=[f"{LATENCY_PREFIX}."])
+        except NoKeysError:
+            return {}
+        found: dict[str, LatencyStat] = {}
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                continue
+            if entry.value:
+                stat = _latency_decoder.decode(entry.value)
+                found[stat.model] = stat
+        return found
 
     async def put(self, health: ProviderHealth) -> None:
         self._snapshot = {**self._snapshot, health.provider: health}
@@ -107,7 +139,7 @@ class HealthBoard:
         if kv is None:
             return {}
         try:
-            keys = await kv.keys(filters=[f"{PREFIX}.>"])
+            keys = await kv.keys(filters=[f"{PREFIX}."])
         except NoKeysError:
             return {}
         found = [await self._read(key) for key in keys]

@@ -44,6 +44,7 @@ __all__ = [
     "Heartbeat",
     "ImagePart",
     "ImageUrl",
+    "LatencyStat",
     "Message",
     "Metadata",
     "ProviderHealth",
@@ -330,6 +331,20 @@ class ProviderHealth(Struct):
     reason: str = ""
     at: float = 0.0
     """Unix time of the observation."""
+
+
+class LatencyStat(Struct):
+    """Observed time to first token of one model, shared for the latency strategy."""
+
+    provider: str
+    model: str
+    """The catalog id."""
+    ttft_ms: float
+    """Exponentially weighted moving average of successful calls' time to first token."""
+    error_rate: float = 0.0
+    """The same average over outcomes, 1 for a failure."""
+    samples: int = 0
+    at: float = 0.0
 
 
 # --- ledger event --------------------------------------------------------------------

@@ -197,9 +197,15 @@ class RoutingConfig(_Section, frozen=True):
 
 
 class BreakerConfig(_Section, frozen=True):
+    """Open after ``failures`` in a row, or a ``failure_rate`` over ``min_requests`` outcomes,
+    within ``window_s``; one probe request after ``cooldown_s``."""
+
     failures: int = 5
     window_s: float = 30.0
+    failure_rate: float = 0.5
+    min_requests: int = 10
     cooldown_s: float = 15.0
+    probe_timeout_s: float = 30.0
 
 
 class ReliabilityConfig(_Section, frozen=True):
@@ -208,6 +214,9 @@ class ReliabilityConfig(_Section, frozen=True):
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 8.0
     finish_grace_s: float = 0.5
+    probe_interval_s: float = 60.0
+    """A one-token request to each provider this often (0: never); an open circuit is
+    probed as soon as its cooldown ends."""
     mark_ttl_s: float = 300.0
     """How long a rejected key or an unknown model keeps its provider or model out of plans."""
     """After a finish reason, how long to wait for the usage before finalising."""
@@ -552,10 +561,17 @@ def _known_models(where: str, ids: list[str], known: set[str]) -> Iterator[Probl
             yield f"{where}[{i}]", f"unknown model '{model_id}' (not in the catalog or models:)"
 
 
+_ZERO_MEANS_OFF: Final = frozenset({"probe_interval_s"})
+
+
 def _positive(where: str, section: Struct) -> Iterator[Problem]:
     for key in section.__struct_fields__:
         value = getattr(section, key)
-        if isinstance(value, int | float) and value <= 0:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if key in _ZERO_MEANS_OFF and value < 0:
+            yield f"{where}.{key}", f"expected 0 (off) or more, got {value:g}"
+        elif key not in _ZERO_MEANS_OFF and value <= 0:
             yield f"{where}.{key}", f"expected a value above 0, got {value:g}"
 
 

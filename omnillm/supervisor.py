@@ -16,13 +16,13 @@ from typing import Final, Protocol
 import anyio
 from anyio.abc import TaskStatus
 
+from omnillm.actors._boards import Boards
 from omnillm.actors.admin import AdminActor
 from omnillm.actors.caller import CallerActor
 from omnillm.actors.classifier import ClassifierActor
 from omnillm.actors.planner import PlannerActor
+from omnillm.actors.prober import ProberActor
 from omnillm.bus.connection import Bus
-from omnillm.bus.dedup import DedupBoard
-from omnillm.bus.health import HealthBoard
 from omnillm.config import Settings
 from omnillm.embedded import EmbeddedNats
 from omnillm.providers.families import IMPLEMENTED
@@ -31,7 +31,7 @@ __all__ = ["ACTOR_KINDS", "Stack", "build_actors"]
 
 log = logging.getLogger("omnillm.supervisor")
 
-ACTOR_KINDS: Final = ("classifier", "planner", "caller", "admin")
+ACTOR_KINDS: Final = ("classifier", "planner", "caller", "admin", "prober")
 
 
 class Service(Protocol):
@@ -55,11 +55,9 @@ def servable_providers(settings: Settings) -> list[str]:
 
 
 def build_actors(
-    bus: Bus, settings: Settings, kinds: tuple[str, ...], providers: list[str]
+    bus: Bus, settings: Settings, kinds: tuple[str, ...], providers: list[str], boards: Boards
 ) -> list[Service]:
     reliability = settings.config.reliability
-    health = HealthBoard(bus)
-    dedup = DedupBoard(bus, ttl_s=settings.config.dedup.ttl_s)
     actors: list[Service] = []
     if "classifier" in kinds:
         actors.append(
@@ -69,17 +67,17 @@ def build_actors(
                 max_request_bytes=reliability.max_request_bytes,
                 handoff_timeout_s=reliability.handoff_timeout_s,
                 workers=reliability.workers,
-                dedup=dedup,
+                dedup=boards.dedup,
             )
         )
     if "planner" in kinds:
-        actors.append(
-            PlannerActor(bus, settings, workers=reliability.workers, health=health, dedup=dedup)
-        )
+        actors.append(PlannerActor(bus, settings, workers=reliability.workers, boards=boards))
     if "caller" in kinds:
-        actors.extend(CallerActor(bus, settings, p, health=health, dedup=dedup) for p in providers)
+        actors.extend(CallerActor(bus, settings, p, boards=boards) for p in providers)
     if "admin" in kinds:
-        actors.append(AdminActor(bus, settings, health))
+        actors.append(AdminActor(bus, settings, boards.health, boards.breakers))
+    if "prober" in kinds:
+        actors.append(ProberActor(bus, settings, providers, boards=boards))
     return actors
 
 
@@ -135,13 +133,17 @@ class Stack:
                 self.server.stop()
 
     async def _serve(self, bus: Bus, task_status: TaskStatus[str]) -> None:
-        self.actors = build_actors(bus, self.settings, self.kinds, self.providers)
-        async with anyio.create_task_group() as tg:
-            for actor in self.actors:
-                await tg.start(actor.run)
-            task_status.started(bus.url)
-            await self._stop.wait()
-            for actor in self.actors:
-                actor.stop()
-            # Actors finish in-flight work on their own; past the deadline they are cut.
-            tg.cancel_scope.deadline = anyio.current_time() + DRAIN_TIMEOUT_S
+        boards = Boards.for_bus(bus, self.settings)
+        self.actors = build_actors(bus, self.settings, self.kinds, self.providers, boards)
+        async with anyio.create_task_group() as shared:
+            await shared.start(boards.breakers.run)
+            async with anyio.create_task_group() as tg:
+                for actor in self.actors:
+                    await tg.start(actor.run)
+                task_status.started(bus.url)
+                await self._stop.wait()
+                for actor in self.actors:
+                    actor.stop()
+                # Actors finish in-flight work on their own; past the deadline they are cut.
+                tg.cancel_scope.deadline = anyio.current_time() + DRAIN_TIMEOUT_S
+            boards.breakers.stop()

@@ -38,7 +38,10 @@ async def mock_provider() -> AsyncIterator[MockProvider]:
 
 
 def mock_settings(provider: MockProvider, **overrides: Any) -> Settings:
-    return resolve(mock_config(provider.base_url, **overrides), env={})
+    """The mock as the only provider; no active probes unless a test asks (they would
+    add requests the tests count)."""
+    reliability = {"probe_interval_s": 0, **overrides.pop("reliability", {})}
+    return resolve(mock_config(provider.base_url, reliability=reliability, **overrides), env={})
 
 
 @asynccontextmanager

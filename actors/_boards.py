@@ -1,0 +1,48 @@
+"""The shared state each process keeps, built once and handed to its actors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omnillm.bus._breaker import BreakerPolicy, Phase
+from omnillm.bus.breakers import BreakerBoard, parse_breaker_key
+from omnillm.bus.connection import Bus
+from omnillm.bus.dedup import DedupBoard
+from omnillm.bus.events import Event, emit
+from omnillm.bus.health import HealthBoard
+from omnillm.config import Settings
+
+__all__ = ["Boards"]
+
+
+@dataclass(frozen=True, slots=True)
+class Boards:
+    """The shared state one process keeps: provider health, breakers, dedup claims."""
+
+    health: HealthBoard
+    breakers: BreakerBoard
+    dedup: DedupBoard
+
+    @classmethod
+    def for_bus(cls, bus: Bus, settings: Settings) -> Boards:
+        breaker = settings.config.reliability.breaker
+        policy = BreakerPolicy(
+            failures=breaker.failures,
+            window_s=breaker.window_s,
+            failure_rate=breaker.failure_rate,
+            min_requests=breaker.min_requests,
+            cooldown_s=breaker.cooldown_s,
+            probe_timeout_s=breaker.probe_timeout_s,
+        )
+
+        async def announce(key: str, old: Phase, new: Phase) -> None:
+            provider, model = parse_breaker_key(key)
+            reason = f"circuit {old} -> {new}"
+            event = Event(kind="circuit", provider=provider, model=model or "", reason=reason)
+            await emit(bus, event)
+
+        return cls(
+            health=HealthBoard(bus),
+            breakers=BreakerBoard(bus, policy, on_transition=announce),
+            dedup=DedupBoard(bus, ttl_s=settings.config.dedup.ttl_s),
+        )

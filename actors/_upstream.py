@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+import aiohttp
 import anyio
 import httpx
 from httpx_aiohttp import AiohttpTransport
@@ -181,18 +182,29 @@ class Upstream:
         headers = {**self.headers, **wire.headers}
         if wire.auth is not None and wire.auth in self.auth_headers:
             headers = {**self.auth_headers[wire.auth], **wire.headers}
+        outgoing = self.http.build_request(
+            wire.method, self.base_url + wire.path, content=wire.body, headers=headers
+        )
         try:
-            async with self.http.stream(
-                wire.method, self.base_url + wire.path, content=wire.body, headers=headers
-            ) as response:
+            response = await self._headers(outgoing, call)
+            try:
                 if response.status_code != 200:
                     body = await _read_capped(response.aiter_raw())
                     raise self.family.parse_error(
                         response.status_code, body, dict(response.headers), provider=self.provider
                     )
                 await self._pump(response.aiter_raw(), call)
+            finally:
+                await response.aclose()
         except httpx.TransportError as exc:
             raise _transport_error(exc, self.provider) from exc
+
+    async def _headers(self, outgoing: httpx.Request, call: Call) -> httpx.Response:
+        """The response head, within the first-token limit: a provider that accepts the
+        connection and says nothing is as silent as one that never answers."""
+        with anyio.move_on_after(self.limits.ttft_s):
+            return await self.http.send(outgoing, stream=True)
+        raise ProviderTimeout(f"{self.provider}: no response for {self.limits.ttft_s:g}s")
 
     async def _pump(self, chunks: AsyncIterator[bytes], call: Call) -> None:
         parser = self.family.stream_parser(call.spec.model)
@@ -212,8 +224,9 @@ class Upstream:
     def _wait(self, call: Call) -> tuple[float, str]:
         if call.finish_reason is not None:
             return self.limits.finish_grace_s, "usage"
-        if not call.streamed:
-            return self.limits.ttft_s, "no first token"
+        if not call.streamed:  # the first-token limit counts from the request, headers included
+            left = self.limits.ttft_s - (time.perf_counter() - call.started)
+            return max(left, 0.0), "no first token"
         return self.limits.stall_s, "the stream stalled: nothing"
 
 
@@ -227,9 +240,18 @@ async def _read_capped(chunks: AsyncIterator[bytes]) -> bytes:
 
 
 def _transport_error(exc: httpx.TransportError, provider: str) -> ProviderError:
-    if isinstance(exc, httpx.TimeoutException):
+    """A timeout, or a connection that failed or was reset (retryable).
+
+    The aiohttp transport reports every dropped connection as ``ConnectTimeout``; the
+    aiohttp error it wraps says which it really was.
+    """
+    cause = exc.__cause__
+    timed_out = isinstance(cause, aiohttp.ServerTimeoutError) or (
+        isinstance(exc, httpx.TimeoutException) and not isinstance(cause, aiohttp.ClientError)
+    )
+    if timed_out:
         return ProviderTimeout(f"{provider}: {type(exc).__name__} while calling the API")
-    detail = str(exc) or type(exc).__name__
+    detail = str(exc) or type(cause or exc).__name__
     return ProviderUnavailable(f"{provider}: connection failed: {detail}", provider=provider)
 
 

@@ -172,9 +172,12 @@ class CallerActor(HandoffActor):
             tries += 1
             if not await self.breakers.allows(self.provider, spec.id):
                 return self._gave_up(_CircuitOpen(spec.id), spec_id=spec.id, call=None)
+            probing = not self.breakers.is_closed(self.provider, spec.id)
             call = Call(sender, self.provider, spec)
             error = await self._call(envelope, request, call)
             if error is None:
+                if probing:  # close the circuit before the client can send its next request
+                    await self.breakers.record(self.provider, spec.id, True)
                 await self._finish(envelope, sender, spec, call)
                 await self._outcome(envelope, spec, call, None)
                 return None

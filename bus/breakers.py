@@ -215,7 +215,25 @@ class BreakerBoard:
         """
         at = self._clock() if now is None else now
         for key in _keys(provider, model):
+            if success and self._healthy(key, at):
+                continue  # nothing to change: a success on a clean, closed breaker
             await self._change(key, lambda b: b.record(success, at), gave_up=None)
+
+    def is_closed(self, provider: str, model: str) -> bool:
+        """Both breakers closed, as far as this process knows (no I/O)."""
+        now = self._clock()
+        return all(self._breaker(key).phase(now) == "closed" for key in _keys(provider, model))
+
+    def _healthy(self, key: str, now: float) -> bool:
+        """Closed with no failure in its window: a success would change nothing that matters.
+
+        Skipping it keeps the common case (every call succeeds) free of KV writes. The
+        failure rate is then measured over the outcomes since the first failure in the
+        window, which opens a breaker no later than counting every success would.
+        """
+        state = self._breaker(key).state
+        since = now - self.policy.window_s
+        return state.state == "closed" and all(ok for at, ok in state.window if at > since)
 
     async def allows(self, provider: str, model: str) -> bool:
         """May a request go to ``model`` now?

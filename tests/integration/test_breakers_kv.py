@@ -167,6 +167,7 @@ async def test_odd_model_ids_are_stored_under_keys_that_parse_back(
 ) -> None:
     clock = Clock()
     async with board_on(nats_server.url, clock) as board:
+        await board.record(PROVIDER, MODEL, success=False)
         await board.record(PROVIDER, MODEL, success=True)
         await board.record("anthropic", "anthropic/claude_sonnet-4.5", success=False)
 
@@ -179,6 +180,19 @@ async def test_odd_model_ids_are_stored_under_keys_that_parse_back(
         ("anthropic", "anthropic/claude_sonnet-4.5"),
     }
     assert states[MODEL_KEY].successes == 1
+
+
+async def test_successes_on_a_clean_closed_breaker_write_nothing(
+    nats_server: EmbeddedNats,
+) -> None:
+    clock = Clock()
+    async with board_on(nats_server.url, clock) as board:
+        for _ in range(20):
+            await board.record(PROVIDER, MODEL, success=True)
+        assert board.known() == {}  # the common case costs no KV write
+        await board.record(PROVIDER, MODEL, success=False)
+        await board.record(PROVIDER, MODEL, success=True)
+        assert board.known()[MODEL_KEY].successes == 1
 
 
 async def test_states_without_a_watcher_read_the_bucket(nats_server: EmbeddedNats) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.dedup import DedupBoard, Recorder
+from omnillm.bus.events import Event, emit
 from omnillm.bus.handoff import Outcome, hand_off
 from omnillm.bus.messages import CallEnvelope, Candidate, Failure, encode
 from omnillm.bus.stream import send_failure
@@ -75,6 +76,16 @@ async def dispatch(
         )
         if outcome is Outcome.ACCEPTED:
             return
+        reason = f"no caller for provider {candidate.provider} ({outcome.value})"
+        event = Event(
+            kind="fallback",
+            rid=envelope.rid,
+            provider=candidate.provider,
+            model=candidate.model,
+            reason=reason,
+            attempt=envelope.attempt,
+        )
+        await emit(bus, event)
         envelope.failures.append(
             Failure(
                 code="no_caller",

@@ -196,6 +196,8 @@ class ClassifierActor(Actor):
         result = self._read(msg.data)
         if isinstance(result, Failure):
             await send_failure(self.bus, msg.reply, rid, 0, result)
+            reason = f"{result.code}: {result.message}"
+            await emit(self.bus, Event(kind="reject", rid=rid, reason=reason[:500]))
             return
         envelope = self._envelope(rid, msg.reply, result)
         if await self._is_duplicate(envelope):

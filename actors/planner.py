@@ -23,6 +23,7 @@ from omnillm.bus import subjects
 from omnillm.bus.breakers import breaker_key
 from omnillm.bus.connection import Bus
 from omnillm.bus.dedup import DedupBoard
+from omnillm.bus.events import Event, emit
 from omnillm.bus.messages import (
     TIERS,
     Candidate,
@@ -279,6 +280,8 @@ class PlannerActor(HandoffActor):
             )
         except RequestError as exc:
             failure = Failure(code=exc.code, message=exc.message)
+            event = Event(kind="reject", rid=envelope.rid, reason=f"{exc.code}: {exc.message}")
+            await emit(self.bus, event)
             await fail_request(self.bus, envelope, failure, dedup=self.dedup)
             return
         timeout = self.settings.config.reliability.handoff_timeout_s

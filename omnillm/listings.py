@@ -67,8 +67,32 @@ def _cell(value: Any) -> str:
 
 
 def render_providers(rows: list[ProviderRow]) -> str:
-    body = [(r.name, r.family, r.state, r.models, r.base_url or "-", r.reason) for r in rows]
-    return table(("provider", "family", "state", "models", "base url", "why"), body)
+    body = [
+        (
+            r.name,
+            r.family,
+            r.state,
+            r.circuit,
+            f"{r.ttft_ms:.0f} ms" if r.ttft_ms is not None else None,
+            f"{r.error_rate:.0%}" if r.error_rate is not None else None,
+            r.models,
+            r.base_url or None,
+            r.reason,
+        )
+        for r in rows
+    ]
+    headers = (
+        "provider",
+        "family",
+        "state",
+        "circuit",
+        "ttft",
+        "errors",
+        "models",
+        "base url",
+        "why",
+    )
+    return table(headers, body)
 
 
 def render_models(rows: list[ModelRow]) -> str:

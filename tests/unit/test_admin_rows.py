@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -81,7 +82,18 @@ def test_what_callers_saw_overrides_live() -> None:
 def test_the_providers_table_is_aligned_and_readable() -> None:
     text = render_providers(list(rows({}, {"OPENAI_API_KEY": "k"}).values()))
     header, *lines = text.splitlines()
-    assert header.split() == ["provider", "family", "state", "models", "base", "url", "why"]
+    assert header.split() == [
+        "provider",
+        "family",
+        "state",
+        "circuit",
+        "ttft",
+        "errors",
+        "models",
+        "base",
+        "url",
+        "why",
+    ]
     openai = next(line for line in lines if line.startswith("openai "))
     assert openai.index("live") == header.index("state")
 
@@ -97,3 +109,20 @@ def test_model_rows_carry_prices_and_liveness() -> None:
     assert (mini.input, mini.output, mini.cached_input) == (0.4, 1.6, 0.1)
     assert mini.live and "tools" in mini.capabilities
     assert not by_id[next(i for i in by_id if i.startswith("anthropic/"))].live
+
+
+def test_circuit_and_latency_show_per_provider() -> None:
+    from omnillm.bus._breaker import BreakerState
+    from omnillm.bus.breakers import breaker_key
+    from omnillm.bus.messages import LatencyStat
+
+    settings = resolve(Config(), env={"OPENAI_API_KEY": "k"})
+    circuits = {breaker_key("openai"): BreakerState(state="open", opened_at=time.time())}
+    latency = {
+        "openai/gpt-4.1-mini": LatencyStat("openai", "openai/gpt-4.1-mini", 420.0, 0.1, 9, 1.0),
+        "openai/gpt-5.4": LatencyStat("openai", "openai/gpt-5.4", 900.0, 0.0, 3, 1.0),
+    }
+    row = {r.name: r for r in provider_rows(settings, {}, circuits, latency)}["openai"]
+    assert (row.circuit, row.ttft_ms, row.error_rate) == ("open", 420.0, 0.1)
+    text = render_providers([row])
+    assert "open" in text and "420 ms" in text and "10%" in text

@@ -1,8 +1,11 @@
 """What every actor shares: a subscription feeding a bounded worker pool, and a clean stop.
 
 nats-py runs a subscription's callbacks one after another, so a callback must only
-admit work and return. The pool has no hidden queue: an item is admitted only when
-a worker is idle and waiting, so "accepted" means "being worked on now".
+admit work and return. By default the pool has no hidden queue: an item is admitted
+only when a worker is idle and waiting, so "accepted" means "being worked on now"
+(callers: a busy one sends the request elsewhere). Actors whose work takes a
+millisecond (classifier, planner) take a bounded ``backlog`` instead, so a burst
+waits a moment rather than being refused.
 
 Stopping is an event, not a cancellation: ``stop()`` unsubscribes (draining what
 was already delivered), lets the workers finish what they hold, and returns.
@@ -32,12 +35,20 @@ DEFAULT_WORKERS: Final = 64
 class Actor(abc.ABC):
     name: str = "actor"
 
-    def __init__(self, bus: Bus, *, subject: str, queue: str, workers: int = DEFAULT_WORKERS):
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        subject: str,
+        queue: str,
+        workers: int = DEFAULT_WORKERS,
+        backlog: int = 0,
+    ):
         self.bus = bus
         self.subject = subject
         self.queue = queue
         self.workers = workers
-        self._send, self._receive = anyio.create_memory_object_stream[Msg](0)
+        self._send, self._receive = anyio.create_memory_object_stream[Msg](backlog)
         self._stopping = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Final
 
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
@@ -67,13 +68,7 @@ async def dispatch(
         envelope.index = index
         envelope.attempt += 1
         candidate = envelope.candidate
-        outcome = await hand_off(
-            bus,
-            subjects.call(candidate.provider),
-            encode(envelope),
-            rid=envelope.rid,
-            wait_s=handoff_timeout_s,
-        )
+        outcome = await _offer(bus, envelope, handoff_timeout_s)
         if outcome is Outcome.ACCEPTED:
             return
         reason = f"no caller for provider {candidate.provider} ({outcome.value})"
@@ -98,6 +93,21 @@ async def dispatch(
     # A new attempt number: the last caller's frames (if any) stay in sequence before it.
     envelope.attempt += 1
     await fail_request(bus, envelope, exhausted(envelope.failures), dedup=dedup)
+
+
+BUSY_RETRIES: Final = 2
+"""Offers to the same candidate after a Busy: the queue group may pick another instance."""
+
+
+async def _offer(bus: Bus, envelope: CallEnvelope, wait_s: float) -> Outcome:
+    subject = subjects.call(envelope.candidate.provider)
+    payload = encode(envelope)
+    outcome = Outcome.BUSY
+    for _ in range(1 + BUSY_RETRIES):
+        outcome = await hand_off(bus, subject, payload, rid=envelope.rid, wait_s=wait_s)
+        if outcome is not Outcome.BUSY:
+            break
+    return outcome
 
 
 def recorder_for(envelope: CallEnvelope, dedup: DedupBoard | None) -> Recorder | None:

@@ -170,10 +170,15 @@ class ClassifierActor(Actor):
         max_request_bytes: int = 4 * 1024 * 1024,
         handoff_timeout_s: float = 0.5,
         workers: int = 64,
+        backlog: int = 1024,
         dedup: DedupBoard | None = None,
     ) -> None:
         super().__init__(
-            bus, subject=subjects.REQUEST, queue=subjects.CLASSIFIER_QUEUE, workers=workers
+            bus,
+            subject=subjects.REQUEST,
+            queue=subjects.CLASSIFIER_QUEUE,
+            workers=workers,
+            backlog=backlog,
         )
         self.request_timeout_s = request_timeout_s
         self.max_request_bytes = max_request_bytes
@@ -183,7 +188,8 @@ class ClassifierActor(Actor):
     async def refuse(self, msg: Msg) -> None:
         failure = Failure(
             code="busy",
-            message=f"the router is at capacity ({self.workers} requests in classification)",
+            message=f"the router is at capacity ({self.workers} requests in classification "
+            "and its backlog full)",
             retryable=True,
         )
         await send_failure(self.bus, msg.reply, request_id(msg), 0, failure)

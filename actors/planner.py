@@ -255,9 +255,16 @@ class PlannerActor(HandoffActor):
         settings: Settings,
         *,
         workers: int = 64,
+        backlog: int = 1024,
         boards: Boards | None = None,
     ) -> None:
-        super().__init__(bus, subject=subjects.PLAN, queue=subjects.PLANNER_QUEUE, workers=workers)
+        super().__init__(
+            bus,
+            subject=subjects.PLAN,
+            queue=subjects.PLANNER_QUEUE,
+            workers=workers,
+            backlog=backlog,
+        )
         self.settings = settings
         boards = boards or Boards.for_bus(bus, settings)
         self.health = boards.health

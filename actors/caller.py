@@ -59,6 +59,7 @@ from omnillm.errors import (
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
+    RateLimited,
     RequestError,
 )
 from omnillm.providers.catalog import ModelSpec, cost_usd
@@ -213,12 +214,17 @@ class CallerActor(HandoffActor):
         return None
 
     async def _admit(self, envelope: CallEnvelope) -> None:
-        """This process's share of the provider's rate limits (requests and tokens a minute)."""
+        """This process's share of the provider's rate limits (requests and tokens a minute).
+
+        Over a limit the call is refused as ``rate_limited`` with the time until there is
+        room as ``retry_after``; the policy then waits (a short wait) or falls back, as it
+        would for the provider's own 429. Nothing queues without bound.
+        """
         if self._rpm is not None:
-            await self._rpm.acquire()
+            await _take(self._rpm, 1, "requests", self.provider)
         if self._tpm is not None and envelope.classified is not None:
             tokens = envelope.classified.input_tokens + envelope.classified.output_tokens
-            await self._tpm.acquire(min(tokens, self._tpm.max_rate))
+            await _take(self._tpm, min(tokens, self._tpm.max_rate), "tokens", self.provider)
 
     def _time_for(self, envelope: CallEnvelope, decision: Decision) -> bool:
         return time.time() + decision.delay_s < envelope.deadline
@@ -350,6 +356,17 @@ class CallerActor(HandoffActor):
             detail=dict(detail),
         )
         await emit(self.bus, event)
+
+
+async def _take(limiter: AsyncLimiter, amount: float, what: str, provider: str) -> None:
+    if not limiter.has_capacity(amount):
+        wait = amount * limiter.time_period / limiter.max_rate
+        raise RateLimited(
+            f"{provider}: this process's limit of {limiter.max_rate:g} {what} a minute is reached",
+            provider=provider,
+            retry_after=wait,
+        )
+    await limiter.acquire(amount)  # there is room: this does not wait
 
 
 def _with_prefill(request: ChatRequest, partial: str) -> ChatRequest:

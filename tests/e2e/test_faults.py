@@ -13,11 +13,13 @@ import time
 from typing import Any
 
 import anyio
+import msgspec
+import nats
 import pytest
 
 from omnillm.bus.messages import Delta, Done, Error, Reset
 from omnillm.client import Client
-from omnillm.config import Settings
+from omnillm.config import Config, Settings, resolve
 from omnillm.embedded import EmbeddedNats
 from omnillm.testing.mock_provider import MockProvider, answer_tokens
 from tests.conftest import client_for, mock_settings, running
@@ -280,3 +282,46 @@ async def test_an_open_circuit_keeps_traffic_off_then_one_probe_brings_it_back(
     assert (probe[-1].provider, probe[-1].attempts) == ("primary", 1)
     assert (back[-1].provider, text(back)) == ("primary", ANSWER)
     assert len(mock_provider.attempts["fault-down-then-up"]) == 4  # 2 failed, probe, back
+
+
+async def test_a_provider_over_its_rate_limit_is_not_called_and_the_request_moves_on(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    settings = two_candidates(mock_provider, "none")
+    config = msgspec.to_builtins(settings.config)
+    config["providers"]["primary"]["rpm"] = 1  # one request a minute in this process
+    plain = next(m for m in config["models"] if m["id"] == "primary/mock-small")
+    plain["fallbacks"] = ["backup/mock-small"]
+    settings = resolve(msgspec.convert(config, Config), env={})
+    async with running(settings, nats_server.url):
+        async with client_for(nats_server.url) as client:
+            first = await ask(client, "primary/mock-small")
+            second = await ask(client, "primary/mock-small")
+    assert first[-1].provider == "primary"
+    assert isinstance(second[-1], Done), second[-1]
+    assert (second[-1].provider, second[-1].attempts) == ("backup", 2)
+    assert len(mock_provider.attempts["mock-small"]) == 2  # primary once, backup once
+
+
+async def test_every_retry_and_fallback_is_an_audit_event(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    seen: list[dict[str, Any]] = []
+    tap = await nats.connect(nats_server.url)
+
+    async def record(msg: Any) -> None:
+        seen.append(msgspec.json.decode(msg.data))
+
+    await tap.subscribe("omni.v1.events.>", cb=record)
+    await tap.flush()
+    try:
+        frames, _, _ = await through(nats_server, two_candidates(mock_provider, "503"), "503")
+        await tap.flush()
+    finally:
+        await tap.close()
+    rid = frames[-1].rid
+    mine = [(e["kind"], e.get("model", "")) for e in seen if e.get("rid") == rid]
+    assert mine.count(("retry", "primary/fault-503")) == 2
+    assert ("fallback", "primary/fault-503") in mine
+    outcomes = [e for e in seen if e["kind"] == "outcome" and e.get("rid") == rid]
+    assert [e["detail"]["ok"] for e in outcomes] == [0.0, 0.0, 0.0, 1.0]

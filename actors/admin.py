@@ -24,6 +24,7 @@ from omnillm.bus.breakers import BreakerBoard, breaker_key
 from omnillm.bus.connection import Bus
 from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import Failure, LatencyStat, ProviderHealth
+from omnillm.bus.switch import SwitchBoard
 from omnillm.config import Settings
 from omnillm.providers.families import IMPLEMENTED
 from omnillm.providers.registry import BUILTIN_PROVIDERS
@@ -33,6 +34,15 @@ __all__ = ["AdminActor", "ModelRow", "ProviderRow", "model_rows", "provider_rows
 log = logging.getLogger("omnillm.admin")
 
 ADMIN_QUEUE: Final = "admin"
+ANSWERS: Final = ("providers", "models", "switch")
+"""The admin subjects this actor answers (the ledger answers ``cost`` and ``stats``)."""
+
+
+class SwitchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    provider: str | None = None
+    clear: bool = False
+
+
 _HEALTH_STATES: Final = {
     "free_tier_refused": "refused free tier",
     "auth_failed": "key rejected",
@@ -173,16 +183,19 @@ class AdminActor:
         self.settings = settings
         self.health = health
         self.breakers = breakers
+        self.switch = SwitchBoard(bus)
         self._stopping = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        subscription = await self.bus.subscribe(
-            f"{subjects.ADMIN_PREFIX}.*", self._on_message, queue=ADMIN_QUEUE
-        )
+        subscriptions = [
+            await self.bus.subscribe(subjects.admin(what), self._on_message, queue=ADMIN_QUEUE)
+            for what in ANSWERS
+        ]
         await self.bus.flush()
         task_status.started()
         await self._stopping.wait()
-        await subscription.drain()  # type: ignore[no-untyped-call]
+        for subscription in subscriptions:
+            await subscription.drain()  # type: ignore[no-untyped-call]
 
     def stop(self) -> None:
         self._stopping.set()
@@ -191,13 +204,15 @@ class AdminActor:
         if not msg.reply:
             return
         try:
-            payload = await self._answer(msg.subject.rsplit(".", 1)[-1])
+            payload = await self._answer(msg.subject.rsplit(".", 1)[-1], msg.data)
         except Exception as exc:
             log.exception("admin request %s failed", msg.subject)
             payload = msgspec.json.encode(Failure(code="internal", message=repr(exc)))
         await self.bus.publish(msg.reply, payload)
 
-    async def _answer(self, what: str) -> bytes:
+    async def _answer(self, what: str, data: bytes) -> bytes:
+        if what == "switch":
+            return await self._switch(data)
         if what == "providers":
             rows = provider_rows(
                 self.settings,
@@ -211,3 +226,19 @@ class AdminActor:
         return msgspec.json.encode(
             Failure(code="unknown_admin_request", message=f"no admin request named {what!r}")
         )
+
+    async def _switch(self, data: bytes) -> bytes:
+        """``{"provider": "p"}`` prefers p from now on, ``{"clear": true}`` stops; ``{}`` reads."""
+        try:
+            ask = msgspec.json.decode(data or b"{}", type=SwitchRequest)
+        except msgspec.DecodeError as exc:
+            return msgspec.json.encode(Failure(code="invalid_request", message=str(exc)))
+        if ask.clear:
+            return msgspec.json.encode(await self.switch.set(None))
+        if ask.provider is None:
+            return msgspec.json.encode(await self.switch.read())
+        if ask.provider not in self.settings.providers:
+            live = ", ".join(sorted(self.settings.providers)) or "none"
+            message = f"provider {ask.provider!r} is not live here (live: {live})"
+            return msgspec.json.encode(Failure(code="unknown_provider", message=message))
+        return msgspec.json.encode(await self.switch.set(ask.provider))

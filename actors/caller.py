@@ -46,6 +46,7 @@ from omnillm.bus.messages import (
     HealthState,
     Message,
     ProviderHealth,
+    Start,
     TokenUsage,
     decode_envelope,
 )
@@ -147,6 +148,7 @@ class CallerActor(HandoffActor):
             envelope.rid,
             envelope.attempt,
             recorder=recorder_for(envelope, self.dedup),
+            about=_about(envelope),
         )
         if envelope.reset_reason:
             await sender.reset(envelope.reset_reason)
@@ -367,6 +369,23 @@ async def _take(limiter: AsyncLimiter, amount: float, what: str, provider: str) 
             retry_after=wait,
         )
     await limiter.acquire(amount)  # there is room: this does not wait
+
+
+def _about(envelope: CallEnvelope) -> Start:
+    """The routing decision, for the client's ``Start`` frame."""
+    classified = envelope.classified
+    return Start(
+        rid=envelope.rid,
+        attempt=envelope.attempt,
+        seq=0,
+        provider=envelope.candidate.provider,
+        model=envelope.candidate.model,
+        tier=classified.tier if classified else "",
+        confidence=classified.confidence if classified else 0.0,
+        reasons=classified.reasons if classified else [],
+        est_cost_usd=envelope.candidate.est_cost_usd,
+        skipped=envelope.skipped,
+    )
 
 
 def _with_prefill(request: ChatRequest, partial: str) -> ChatRequest:

@@ -26,6 +26,7 @@ from omnillm.bus.dedup import DedupBoard
 from omnillm.bus.events import Event, emit
 from omnillm.bus.messages import (
     TIERS,
+    CallEnvelope,
     Candidate,
     ChatRequest,
     Classified,
@@ -35,6 +36,7 @@ from omnillm.bus.messages import (
     Tier,
     decode_envelope,
 )
+from omnillm.bus.switch import SwitchBoard
 from omnillm.config import AliasConfig, Settings
 from omnillm.errors import NoCandidates, RequestError, UnknownModel
 from omnillm.providers.catalog import ModelSpec, rates_for
@@ -197,6 +199,23 @@ def _resolve(model: str, settings: Settings) -> ModelSpec:
     return spec
 
 
+BUILTIN_ALIASES: Final[dict[str, AliasConfig]] = {
+    "fast": AliasConfig(strategy="latency"),
+    "cheap": AliasConfig(tier="simple", strategy="cost"),
+    "smart": AliasConfig(tier="complex"),
+    "free": AliasConfig(tier="simple", free=True, prefer=["opencode"]),
+    "vision": AliasConfig(needs=["vision"]),
+}
+"""Aliases every router knows; a user alias of the same name replaces one."""
+
+
+class Route(msgspec.Struct):
+    """A planning decision: the chain, and why the other models were passed over."""
+
+    candidates: list[Candidate]
+    skipped: list[str] = []
+
+
 def plan(
     request: ChatRequest,
     classified: Classified,
@@ -205,15 +224,50 @@ def plan(
     *,
     open_circuits: set[str] | frozenset[str] = frozenset(),
     latency: Mapping[str, LatencyStat] | None = None,
+    switch: str | None = None,
 ) -> list[Candidate]:
-    """The ordered fallback chain for ``request``; raises ``RequestError`` when there is none.
+    """The ordered fallback chain for ``request``; raises ``RequestError`` when there is none."""
+    return route(
+        request,
+        classified,
+        settings,
+        health,
+        open_circuits=open_circuits,
+        latency=latency,
+        switch=switch,
+    ).candidates
 
-    ``health`` is what callers shared: a provider that refuses its free tier to us
-    gets no more free-model requests.
+
+def route(
+    request: ChatRequest,
+    classified: Classified,
+    settings: Settings,
+    health: Mapping[str, ProviderHealth] | None = None,
+    *,
+    open_circuits: set[str] | frozenset[str] = frozenset(),
+    latency: Mapping[str, LatencyStat] | None = None,
+    switch: str | None = None,
+) -> Route:
+    """The chain and the reasons models were skipped.
+
+    ``health`` is what callers shared (a provider that refuses its free tier to us
+    gets no more free-model requests); ``switch`` is a provider the operator prefers
+    (``omni switch``): its models go first wherever the request does not pin a model.
     """
     planner = _Planner(request, classified, settings, health or {}, open_circuits)
     planner.latency = latency or {}
-    aliases = settings.config.routing.aliases
+    chain = _chain(planner, request, classified, settings)
+    if switch and "/" not in request.model:
+        chain = [c for c in chain if c.provider == switch] + [
+            c for c in chain if c.provider != switch
+        ]
+    return Route(candidates=chain, skipped=planner.rejected[:20])
+
+
+def _chain(
+    planner: _Planner, request: ChatRequest, classified: Classified, settings: Settings
+) -> list[Candidate]:
+    aliases = {**BUILTIN_ALIASES, **settings.config.routing.aliases}
     model = request.model
     if model in aliases:
         alias = aliases[model]
@@ -238,10 +292,20 @@ def plan(
 def _plan_alias(planner: _Planner, alias: AliasConfig, settings: Settings) -> list[Candidate]:
     if alias.strategy is not None:
         planner.strategy = alias.strategy
+    if alias.needs:
+        needs = sorted({*planner.classified.needs, *alias.needs})
+        planner.classified = msgspec.structs.replace(planner.classified, needs=needs)
     if alias.models:
         return planner.candidates(_resolve(m, settings) for m in alias.models)
+    models = settings.live_models()
+    if alias.free:
+        models = [m for m in models if m.price.input == m.price.output == 0]
     tier = alias.tier or planner.classified.tier
-    return planner.candidates(planner.order(settings.live_models(), tier), checked=True)
+    ordered = planner.order(models, tier)
+    if alias.prefer:
+        rank = {provider: i for i, provider in enumerate(alias.prefer)}
+        ordered.sort(key=lambda s: rank.get(s.provider, len(rank)))  # stable: keeps the order
+    return planner.candidates(ordered, checked=True)
 
 
 class PlannerActor(HandoffActor):
@@ -270,20 +334,21 @@ class PlannerActor(HandoffActor):
         self.health = boards.health
         self.breakers = boards.breakers
         self.dedup: DedupBoard | None = boards.dedup
+        self.switch = SwitchBoard(bus)
 
     async def handle(self, msg: Msg) -> None:
         envelope = decode_envelope(msg.data)
         if envelope.classified is None:
             raise ValueError(f"envelope {envelope.rid} reached the planner unclassified")
         try:
-            health = await self.health.snapshot()
-            envelope.candidates = plan(
+            decision = route(
                 envelope.request,
                 envelope.classified,
                 self.settings,
-                health,
+                await self.health.snapshot(),
                 open_circuits=self.breakers.open_circuits(),
                 latency=self.health.latency_snapshot(),
+                switch=await self.switch.current(),
             )
         except RequestError as exc:
             failure = Failure(code=exc.code, message=exc.message)
@@ -291,5 +356,28 @@ class PlannerActor(HandoffActor):
             await emit(self.bus, event)
             await fail_request(self.bus, envelope, failure, dedup=self.dedup)
             return
+        envelope.candidates, envelope.skipped = decision.candidates, decision.skipped
+        await emit(self.bus, _route_event(envelope))
         timeout = self.settings.config.reliability.handoff_timeout_s
         await dispatch(self.bus, envelope, start=0, handoff_timeout_s=timeout, dedup=self.dedup)
+
+
+def _route_event(envelope: CallEnvelope) -> Event:
+    classified, first = envelope.classified, envelope.candidates[0]
+    assert classified is not None
+    detail: dict[str, str | float | int] = {
+        "tier": classified.tier,
+        "confidence": classified.confidence,
+        "reasons": "; ".join(classified.reasons),
+        "est_cost_usd": first.est_cost_usd,
+        "chain": ", ".join(c.model for c in envelope.candidates),
+        "skipped": "; ".join(envelope.skipped),
+    }
+    return Event(
+        kind="route",
+        rid=envelope.rid,
+        provider=first.provider,
+        model=first.model,
+        reason=f"{classified.tier} ({classified.confidence:.2f})",
+        detail=detail,
+    )

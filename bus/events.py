@@ -20,7 +20,9 @@ __all__ = ["Event", "EventKind", "emit"]
 
 log = logging.getLogger("omnillm.events")
 
-EventKind = Literal["retry", "fallback", "circuit", "reject", "dedup", "continue", "outcome"]
+EventKind = Literal[
+    "route", "retry", "fallback", "circuit", "reject", "dedup", "continue", "outcome"
+]
 
 
 class Event(msgspec.Struct, omit_defaults=True):

@@ -220,6 +220,8 @@ class CallEnvelope(Struct, omit_defaults=True):
     """Set when an earlier attempt sent frames but no text: the next one starts with Reset."""
     failures: list[Failure] = []
     created_at: float = 0.0
+    skipped: list[str] = []
+    """Models the planner passed over, and why: shown to the client in ``Start``."""
 
     @property
     def candidate(self) -> Candidate:
@@ -262,12 +264,19 @@ class ToolCallDelta(Struct, omit_defaults=True):
     arguments: str = ""
 
 
-class Start(Struct, tag="start", tag_field="type"):
+class Start(Struct, tag="start", tag_field="type", omit_defaults=True):
+    """An attempt begins: who answers, and why the router chose it."""
+
     rid: str
     attempt: int
     seq: int
     provider: str
     model: str
+    tier: str = ""
+    confidence: float = 0.0
+    reasons: list[str] = []
+    est_cost_usd: float = 0.0
+    skipped: list[str] = []
 
 
 class Delta(Struct, tag="delta", tag_field="type", omit_defaults=True):

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator
 from typing import Final, Protocol
 
 import anyio
+import msgspec
 from anyio.abc import ObjectReceiveStream
 from nats.aio.msg import Msg
 
@@ -70,7 +71,10 @@ class StreamSender:
         attempt: int,
         *,
         recorder: FrameRecorder | None = None,
+        about: Start | None = None,
     ) -> None:
+        self.about = about
+        """A ``Start`` carrying the routing decision (tier, reasons, cost, skipped)."""
         self._bus = bus
         self._reply = reply
         self._rid = rid
@@ -88,7 +92,17 @@ class StreamSender:
             await self._recorder.record(self._rid, payload)
 
     async def start(self, provider: str, model: str) -> None:
-        await self._send(Start(self._rid, self._attempt, self.seq, provider, model))
+        frame = Start(self._rid, self._attempt, self.seq, provider, model)
+        if self.about is not None:  # why the router chose this
+            frame = msgspec.structs.replace(
+                self.about,
+                rid=self._rid,
+                attempt=self._attempt,
+                seq=self.seq,
+                provider=provider,
+                model=model,
+            )
+        await self._send(frame)
 
     async def delta(self, text: str, tool_calls: list[ToolCallDelta] | None = None) -> None:
         await self._send(

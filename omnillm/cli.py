@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     actor.add_argument("--provider", action="append", help="caller: provider(s) to serve")
     actor.add_argument("--nats-url", help=f"default: OMNI_NATS_URL or {DEFAULT_NATS_URL}")
 
+    switch = commands.add_parser("switch", help="prefer a provider from now on, everywhere")
+    switch.add_argument("provider", nargs="?", help="the provider to prefer; none: show")
+    switch.add_argument("--clear", action="store_true", help="stop preferring any provider")
+    switch.add_argument("--nats-url", help="the router's NATS (default: as for chat)")
+
     for name, what in (
         ("providers", "providers, and why one is not live"),
         ("models", "the model catalog: prices, limits, capabilities"),
@@ -93,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "actor": _actor,
             "providers": _providers,
             "models": _models,
+            "switch": _switch,
         }[args.command]
         return anyio.run(handler, args, config)
     except OmniLLMError as exc:
@@ -172,6 +178,23 @@ def _print_listing(args: argparse.Namespace, rows: Any, note: str | None, text: 
         print(text)
     if note:
         print(f"({note})", file=sys.stderr)
+    return 0
+
+
+async def _switch(args: argparse.Namespace, config: Config) -> int:
+    ask: dict[str, Any] = {"clear": True} if args.clear else {}
+    if args.provider and not args.clear:
+        ask["provider"] = args.provider
+    answer = await listings.admin_request(_nats_url(args, config), "switch", ask)
+    if "code" in answer:
+        print(f"omni: {answer['code']}: {answer['message']}", file=sys.stderr)
+        return 1
+    provider = answer.get("provider")
+    print(
+        f"preferring {provider} for every request that does not pin a model"
+        if provider
+        else "no provider preference: routing by strategy"
+    )
     return 0
 
 

@@ -183,9 +183,17 @@ class ModelConfig(_Section, frozen=True):
 
 
 class AliasConfig(_Section, frozen=True):
+    """A name for a routing intent: a model list, a tier, a strategy, or a filter."""
+
     tier: Tier | None = None
     models: list[str] = []
     strategy: Strategy | None = None
+    free: bool = False
+    """Only models that cost nothing."""
+    needs: list[Literal["vision", "tools", "long_context"]] = []
+    """Capabilities every candidate must have, whatever the request carries."""
+    prefer: list[str] = []
+    """Providers to put first, in this order."""
 
 
 class RoutingConfig(_Section, frozen=True):

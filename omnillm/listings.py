@@ -20,6 +20,7 @@ from omnillm.bus.connection import Bus, NatsUnreachable
 from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import ProviderHealth
 from omnillm.config import Settings
+from omnillm.errors import NoRouter
 
 __all__ = ["fetch", "render_models", "render_providers", "table"]
 
@@ -46,6 +47,24 @@ async def fetch(
         return local(health), f"no router answered at {url}: showing the local config"
     finally:
         await bus.close()
+
+
+async def admin_request(url: str, what: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One admin request to the running router; a clear error when none answers."""
+    try:
+        bus = await Bus.connect(url, name="omnillm-cli", connect_wait_s=1.0)
+    except NatsUnreachable as exc:
+        raise NoRouter(f"no NATS at {url}: is `omni up` running?") from exc
+    try:
+        reply = await bus.nc.request(
+            subjects.admin(what), msgspec.json.encode(body), timeout=_ASK_TIMEOUT_S
+        )
+    except (NoRespondersError, NatsTimeoutError) as exc:
+        raise NoRouter(f"no router answered on {subjects.admin(what)} at {url}") from exc
+    finally:
+        await bus.close()
+    answer: dict[str, Any] = msgspec.json.decode(reply.data)
+    return answer
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

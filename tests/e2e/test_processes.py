@@ -149,3 +149,56 @@ async def test_a_caller_killed_mid_run_leaves_no_request_hanging(
     assert lost <= {"error stream_stalled", "error first_frame_timeout"}, lost
     assert answered >= 30  # the surviving caller's share at least
     assert took < 3 * silence_s + 1  # the lost ones noticed within their silence limits
+
+
+async def test_omni_switch_changes_the_next_requests_provider_without_a_restart(
+    nats_server: EmbeddedNats, mock_provider: MockProvider, tmp_path: Path
+) -> None:
+    write_config(tmp_path, mock_provider)
+    url = nats_server.url
+    auto = {"model": "auto", "messages": [{"role": "user", "content": "hi there"}]}
+
+    async def switch(*args: str) -> str:
+        result = await anyio.run_process(
+            [*OMNI, "switch", *args, "--nats-url", url], cwd=tmp_path, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.decode()
+
+    async with (
+        actor(tmp_path, "classifier", "--nats-url", url),
+        actor(tmp_path, "planner", "--nats-url", url),
+        actor(tmp_path, "admin", "--nats-url", url),
+        actor(
+            tmp_path, "caller", "--provider", "primary", "--provider", "backup", "--nats-url", url
+        ),
+    ):
+        async with client_for(url) as client:
+            before = await client.complete(auto)
+            said = await switch("backup")
+            with anyio.fail_after(1.5):  # planners re-read the switch at least every second
+                while (switched := await client.complete(auto)).provider != "backup":
+                    pass
+            cleared = await switch("--clear")
+            with anyio.fail_after(1.5):
+                while (after := await client.complete(auto)).provider != "primary":
+                    pass
+    assert before.provider == "primary"  # the cheaper one
+    assert "preferring backup" in said
+    assert switched.provider == "backup"
+    assert "no provider preference" in cleared
+    assert after.provider == "primary"
+
+
+async def test_an_unknown_provider_cannot_be_switched_to(
+    nats_server: EmbeddedNats, mock_provider: MockProvider, tmp_path: Path
+) -> None:
+    write_config(tmp_path, mock_provider)
+    async with actor(tmp_path, "admin", "--nats-url", nats_server.url):
+        result = await anyio.run_process(
+            [*OMNI, "switch", "nowhere", "--nats-url", nats_server.url],
+            cwd=tmp_path,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert "provider 'nowhere' is not live here (live: backup, primary)" in result.stderr.decode()

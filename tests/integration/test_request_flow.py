@@ -356,3 +356,21 @@ async def test_a_failed_keyed_request_can_be_retried_with_the_same_key(
             with pytest.raises(NoCandidates, match="model not found recently"):
                 await client.complete(bad)
     assert mock_provider.requests_served == 1
+
+
+async def test_the_start_frame_says_why_the_router_chose_this_model(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    request = ask("thanks!", route={"deny": ["mock/mock-medium"]})
+    async with running(mock_settings(mock_provider), nats_server.url):
+        async with client_for(nats_server.url) as client:
+            frames = [f async for f in client.stream(request)]
+    start = frames[0]
+    assert isinstance(start, Start)
+    assert (start.provider, start.model, start.tier) == ("mock", "mock-small", "simple")
+    assert 0 < start.confidence <= 1
+    assert any("small talk" in reason for reason in start.reasons)
+    prompt_tokens = count_prompt_tokens([{"role": "user", "content": "thanks!"}])
+    assert start.est_cost_usd > 0
+    assert "mock/mock-medium: denied by the routing deny list" in start.skipped
+    assert prompt_tokens > 0

@@ -389,3 +389,92 @@ def test_a_refused_free_tier_takes_free_models_out_of_the_plan() -> None:
     assert free & {c.model for c in before}
     assert not free & {c.model for c in after}
     assert after  # the paid Zen models still serve
+
+
+def _aliases_settings() -> Settings:
+    config = {
+        "providers": {
+            "opencode": {},
+            "acme": {"family": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "none"},
+        },
+        "models": [
+            {"id": "acme/tiny", "tier": "simple", "price": {"input": 0.1, "output": 0.2}},
+            {
+                "id": "acme/eyes",
+                "tier": "medium",
+                "capabilities": ["vision"],
+                "price": {"input": 1, "output": 2},
+            },
+            {"id": "acme/brain", "tier": "complex", "price": {"input": 3, "output": 9}},
+            {"id": "acme/gratis", "tier": "simple", "price": {"input": 0, "output": 0}},
+        ],
+    }
+    return resolve(msgspec.convert(config, Config), env={})
+
+
+def _ask(model: str) -> ChatRequest:
+    return ChatRequest(model=model, messages=[Message(role="user", content="hi")])
+
+
+def test_builtin_aliases_steer_the_plan() -> None:
+    settings = _aliases_settings()
+
+    def first(model: str) -> list[str]:
+        request = _ask(model)
+        return [c.model for c in plan(request, classify(request), settings)]
+
+    assert first("cheap")[0] == "acme/gratis"
+    smart = settings.catalog.get(first("smart")[0])
+    assert smart is not None and smart.tier in ("complex", "reasoning")
+    vision = first("vision")
+    assert "acme/eyes" in vision
+    assert all("vision" in settings.catalog.get(m).capabilities for m in vision)  # type: ignore[union-attr]
+    free = first("free")
+    assert free[0].startswith("opencode/") and "acme/gratis" in free
+    assert all(m.startswith("opencode/") or m == "acme/gratis" for m in free)
+
+
+def test_a_user_alias_replaces_a_builtin_one() -> None:
+    settings = _aliases_settings()
+    config = msgspec.to_builtins(settings.config)
+    config["routing"]["aliases"] = {"smart": ["acme/eyes"]}
+    settings = resolve(msgspec.convert(config, Config), env={})
+    request = _ask("smart")
+    assert [c.model for c in plan(request, classify(request), settings)] == ["acme/eyes"]
+
+
+def test_the_fast_alias_orders_by_observed_time_to_first_token() -> None:
+    from omnillm.bus.messages import LatencyStat
+
+    settings = _aliases_settings()
+    latency = {
+        "acme/tiny": LatencyStat("acme", "acme/tiny", 900.0),
+        "acme/brain": LatencyStat("acme", "acme/brain", 120.0),
+    }
+    request = _ask("fast")
+    chain = [c.model for c in plan(request, classify(request), settings, latency=latency)]
+    assert chain.index("acme/brain") < chain.index("acme/tiny")
+
+
+def test_a_switch_puts_the_preferred_providers_models_first_unless_a_model_is_pinned() -> None:
+    settings = _aliases_settings()
+    request = _ask("auto")
+    chain = plan(request, classify(request), settings, switch="acme")
+    assert chain[0].provider == "acme"
+    pinned = _ask("opencode/big-pickle")
+    assert plan(pinned, classify(pinned), settings, switch="acme")[0].model == "opencode/big-pickle"
+
+
+def test_the_route_names_what_was_skipped_and_why() -> None:
+    from omnillm.actors.planner import route
+
+    settings = _aliases_settings()
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    request = msgspec.convert(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, image]}]},
+        ChatRequest,
+    )
+    decision = route(request, classify(request), settings)
+    assert "acme/eyes" in [c.model for c in decision.candidates]
+    assert "acme/brain" not in [c.model for c in decision.candidates]
+    assert "acme/brain does not support vision" in decision.skipped

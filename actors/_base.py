@@ -22,8 +22,9 @@ import anyio
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
-from omnillm.bus.connection import Bus
+from omnillm.bus.connection import RID_HEADER, Bus
 from omnillm.bus.handoff import accept, refuse_busy
+from omnillm.logs import log_context
 
 __all__ = ["Actor", "HandoffActor"]
 
@@ -80,10 +81,11 @@ class Actor(abc.ABC):
     async def _worker(self, receive: anyio.abc.ObjectReceiveStream[Msg]) -> None:
         async with receive:
             async for msg in receive:
-                try:
-                    await self.handle(msg)
-                except Exception:
-                    log.exception("%s: unhandled error", self.name)
+                with log_context(rid=(msg.headers or {}).get(RID_HEADER, "")):
+                    try:
+                        await self.handle(msg)
+                    except Exception:
+                        log.exception("%s: unhandled error", self.name)
 
     async def admitted(self, msg: Msg) -> None:  # noqa: B027 - a hook; most actors say nothing
         """Called when ``msg`` was handed to a worker (handoff actors answer Accepted)."""

@@ -21,8 +21,9 @@ __all__ = ["Event", "EventKind", "emit"]
 log = logging.getLogger("omnillm.events")
 
 EventKind = Literal[
-    "route", "retry", "fallback", "circuit", "reject", "dedup", "continue", "outcome"
+    "route", "retry", "fallback", "circuit", "reject", "dedup", "continue", "outcome", "end"
 ]
+"""``end`` closes every request: ``reason`` is ``ok`` or the error code, ``detail.tier``."""
 
 
 class Event(msgspec.Struct, omit_defaults=True):

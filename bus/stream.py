@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 
 from omnillm.bus import subjects
 from omnillm.bus.connection import RID_HEADER, Bus
+from omnillm.bus.events import Event, emit
 from omnillm.bus.messages import (
     END_OF_STREAM,
     Delta,
@@ -139,7 +140,7 @@ class StreamSender:
             ttft_ms=ttft_ms,
         )
         await self._send(frame)
-        await self._end()
+        await self._end("ok", provider, model)
 
     async def error(self, failure: Failure) -> None:
         frame = Error(
@@ -152,15 +153,26 @@ class StreamSender:
             provider=failure.provider,
         )
         await self._send(frame)
-        await self._end()
+        await self._end(failure.code, failure.provider or "", "")
 
-    async def _end(self) -> None:
+    async def _end(self, outcome: str, provider: str, model: str) -> None:
         # The sentinel carries no headers: a zero-length message is what releases
         # cross-account response mappings too.
         await self._bus.publish(self._reply, END_OF_STREAM)
         if self._recorder is not None:
             await self._recorder.end(self._rid)
         self.closed = True
+        tier = self.about.tier if self.about is not None else ""
+        event = Event(
+            kind="end",
+            rid=self._rid,
+            provider=provider,
+            model=model,
+            reason=outcome,
+            attempt=self._attempt,
+            detail={"tier": tier},
+        )
+        await emit(self._bus, event)
 
 
 async def send_failure(

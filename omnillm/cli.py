@@ -31,6 +31,7 @@ from omnillm.bus.messages import Delta, Done, Error, Reset, Start
 from omnillm.client import DEFAULT_NATS_URL, Client
 from omnillm.config import Config, load_config, resolve
 from omnillm.errors import OmniLLMError
+from omnillm.logs import configure_logging
 from omnillm.supervisor import ACTOR_KINDS, Stack, servable_providers
 
 __all__ = ["main"]
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run OmniLLM: NATS (embedded by default) and every actor")
     up.add_argument("--nats-url", help="use this NATS server instead of starting one")
     up.add_argument("--nats-port", type=int, help="port of the embedded server (0: a free one)")
+    up.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (0: a free port)")
 
     demo = commands.add_parser("demo", help="run against a built-in mock provider, ask, answer")
     demo.add_argument("question", nargs="?", default="Explain what a router for LLMs does.")
@@ -64,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     actor.add_argument("kind", choices=ACTOR_KINDS)
     actor.add_argument("--provider", action="append", help="caller: provider(s) to serve")
     actor.add_argument("--nats-url", help=f"default: OMNI_NATS_URL or {DEFAULT_NATS_URL}")
+    actor.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics")
+
+    tap = commands.add_parser("tap", help="print every message on the bus, one line each")
+    tap.add_argument(
+        "subject",
+        nargs="*",
+        default=["omni.v1.>"],
+        help="subjects to tap; '_INBOX.>' adds client inboxes (needs permission)",
+    )
+    tap.add_argument("--request-id", dest="rid", help="only this request's messages")
+    tap.add_argument("--json", action="store_true", help="one JSON object per line")
+    tap.add_argument("--nats-url", help="default: as for chat")
 
     switch = commands.add_parser("switch", help="prefer a provider from now on, everywhere")
     switch.add_argument("provider", nargs="?", help="the provider to prefer; none: show")
@@ -84,13 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config)
-        logging.basicConfig(
-            level=config.log.level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        if config.log.level.lower() != "debug":
-            logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call
+        # Services log JSON lines (for collectors); interactive commands log readable text.
+        configure_logging(config.log.level, json=args.command in ("up", "actor"))
         handler = {
             "up": _up,
             "demo": _demo,
@@ -99,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "providers": _providers,
             "models": _models,
             "switch": _switch,
+            "tap": _tap,
         }[args.command]
         return anyio.run(handler, args, config)
     except OmniLLMError as exc:
@@ -118,7 +128,8 @@ def _nats_url(args: argparse.Namespace, config: Config) -> str:
 async def _serve_until_signal(stack: Stack, announce: str) -> None:
     async with anyio.create_task_group() as tg:
         url = await tg.start(stack.run)
-        print(announce.format(url=url), flush=True)
+        metrics = f" Metrics: http://{stack.metrics_host}:{stack.metrics_port}/metrics."
+        print(announce.format(url=url) + (metrics if stack.metrics_port else ""), flush=True)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("%s: draining and stopping", signal.Signals(signum).name)
@@ -138,7 +149,12 @@ def _describe(stack: Stack) -> str:
 
 async def _up(args: argparse.Namespace, config: Config) -> int:
     settings = resolve(config)
-    stack = Stack(settings, nats_url=args.nats_url, embedded_port=args.nats_port)
+    stack = Stack(
+        settings,
+        nats_url=args.nats_url,
+        embedded_port=args.nats_port,
+        metrics_port=args.metrics_port,
+    )
     await _serve_until_signal(stack, _describe(stack))
     return 0
 
@@ -147,7 +163,13 @@ async def _actor(args: argparse.Namespace, config: Config) -> int:
     settings = resolve(config)
     url = _nats_url(args, config)
     providers = args.provider or servable_providers(settings)
-    stack = Stack(settings, nats_url=url, kinds=(args.kind,), providers=providers)
+    stack = Stack(
+        settings,
+        nats_url=url,
+        kinds=(args.kind,),
+        providers=providers,
+        metrics_port=args.metrics_port,
+    )
     label = args.kind + (f" ({', '.join(providers)})" if args.kind == "caller" else "")
     await _serve_until_signal(stack, f"OmniLLM actor {label} on NATS {{url}}. Ctrl-C stops.")
     return 0
@@ -178,6 +200,16 @@ def _print_listing(args: argparse.Namespace, rows: Any, note: str | None, text: 
         print(text)
     if note:
         print(f"({note})", file=sys.stderr)
+    return 0
+
+
+async def _tap(args: argparse.Namespace, config: Config) -> int:
+    from omnillm.tap import tap
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_cancel_on_signal, tg.cancel_scope)
+        await tap(_nats_url(args, config), args.subject, rid=args.rid, as_json=args.json)
+        tg.cancel_scope.cancel()
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from omnillm.actors._boards import Boards
 from omnillm.actors.admin import AdminActor
@@ -25,6 +25,7 @@ from omnillm.actors.prober import ProberActor
 from omnillm.bus.connection import Bus
 from omnillm.config import Settings
 from omnillm.embedded import EmbeddedNats
+from omnillm.metrics import Metrics, MetricsTap, serve_metrics
 from omnillm.providers.families import IMPLEMENTED
 
 __all__ = ["ACTOR_KINDS", "Stack", "build_actors"]
@@ -93,7 +94,12 @@ class Stack:
         providers: list[str] | None = None,
         embedded_port: int | None = None,
         data_dir: Path | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
+        self.metrics_port = metrics_port
+        """Serve Prometheus ``/metrics`` here (0: a free port, known once started)."""
+        self.metrics_host = metrics_host
         config = settings.config
         self.settings = settings
         self.url = nats_url or config.nats.url
@@ -117,6 +123,15 @@ class Stack:
     def stop(self) -> None:
         self._stop.set()
 
+    async def _serve_metrics(self, bus: Bus, tg: TaskGroup) -> None:
+        """``/metrics`` for the whole cluster, counted from the audit and usage events."""
+        metrics = Metrics.for_settings(self.settings)
+        assert self.metrics_port is not None
+        self.metrics_port = await tg.start(
+            serve_metrics, metrics.registry, self.metrics_host, self.metrics_port
+        )
+        await tg.start(MetricsTap(bus, metrics).run)
+
     async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; reports the NATS URL once every actor is live."""
         try:
@@ -137,6 +152,8 @@ class Stack:
         self.actors = build_actors(bus, self.settings, self.kinds, self.providers, boards)
         async with anyio.create_task_group() as shared:
             await shared.start(boards.breakers.run)
+            if self.metrics_port is not None:
+                await self._serve_metrics(bus, shared)
             async with anyio.create_task_group() as tg:
                 for actor in self.actors:
                     await tg.start(actor.run)
@@ -147,3 +164,4 @@ class Stack:
                 # Actors finish in-flight work on their own; past the deadline they are cut.
                 tg.cancel_scope.deadline = anyio.current_time() + DRAIN_TIMEOUT_S
             boards.breakers.stop()
+            shared.cancel_scope.cancel()  # the metrics endpoint and tap, if any

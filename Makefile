@@ -35,8 +35,8 @@ typecheck: $(STAMP)
 	@rm -rf .typecheck && mkdir -p .typecheck/omnillm
 	@for f in omnillm/*; do ln -s ../../$$f .typecheck/omnillm/; done
 	@for d in actors bus providers; do ln -s ../../$$d .typecheck/omnillm/$$d; done
-	@ln -s ../tests .typecheck/tests && ln -s ../bench .typecheck/bench
-	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p omnillm -p tests -p bench
+	@ln -s ../tests .typecheck/tests && ln -s ../bench .typecheck/bench && ln -s ../eval .typecheck/eval
+	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p omnillm -p tests -p bench -p eval
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.overhead

@@ -1,8 +1,19 @@
 """The classifier: sorts a request into a tier and its hard needs, then hands it to a planner.
 
-The score looks at the last user turn only: agent frameworks put thousands of
-keyword-heavy tokens in the system prompt, and the history is what was, not what is
-asked now. Every feature that moved the score is named in ``reasons``.
+The tier comes from a transparent weighted score (DESIGN.md §6): named features of the
+last user turn (see ``_features``), each contributing amount x weight, summed and cut
+by three thresholds into simple | medium | complex | reasoning. The system prompt is
+never read (agent frameworks send tens of thousands of keyword-heavy characters there)
+and neither is the history, with one exception: a short follow-up ("and why?", "make it
+faster") is lifted towards the score of the user turn before it, scored the same way,
+one step back and no further. The three largest contributions are the ``reasons``.
+
+Two rules sit on top of the sum. The reasoning tier needs evidence of reasoning (proof,
+math and reasoning cues worth ``REASONING_EVIDENCE``): a long many-part engineering task
+is complex however high it scores. And a score close to the simple|medium or
+medium|complex threshold (confidence under ``low_confidence``) lands on medium, so an
+uncertain call never goes to the weakest models. Weights, thresholds and the confidence
+floor come from ``classifier:`` in the config.
 """
 
 from __future__ import annotations
@@ -11,13 +22,21 @@ import logging
 import re
 import time
 import uuid
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 from nats.aio.msg import Msg
 
 from omnillm.actors._base import Actor
 from omnillm.actors._dispatch import fail_request
+from omnillm.actors._features import (
+    DEFAULT_WEIGHTS,
+    FEATURES,
+    evidence,
+    label,
+    measure,
+    score,
+)
 from omnillm.bus import subjects
 from omnillm.bus.connection import RID_HEADER, Bus
 from omnillm.bus.dedup import DedupBoard
@@ -29,21 +48,31 @@ from omnillm.bus.messages import (
     ChatRequest,
     Classified,
     Failure,
+    Message,
     Need,
+    TextPart,
     Tier,
     decode_request,
     encode,
 )
 from omnillm.bus.stream import send_failure
+from omnillm.config import ClassifierConfig
 
-__all__ = ["ClassifierActor", "classify", "estimate_tokens"]
+__all__ = ["DEFAULT", "ClassifierActor", "check_config", "classify", "estimate_tokens"]
 
 log = logging.getLogger("omnillm.classifier")
 
-LONG_CONTEXT_TOKENS: Final = 100_000
+DEFAULT: Final = ClassifierConfig()
 CHARS_PER_TOKEN: Final = 4.0
-THRESHOLDS: Final = (0.5, 1.5, 3.0)
-"""Score boundaries between simple | medium | complex | reasoning."""
+MESSAGE_OVERHEAD_CHARS: Final = 16
+"""Role markers and separators a chat template adds to every message."""
+CONFIDENCE_SPAN: Final = 1.0
+"""A score this far from every threshold is classified with confidence 1."""
+TOP_REASONS: Final = 3
+MIN_REASON: Final = 0.05
+"""A contribution smaller than this is no reason."""
+REASONING_EVIDENCE: Final = 3.5
+"""Score from proof, math and reasoning cues a turn needs before it can be reasoning."""
 OUTPUT_TOKENS: Final[dict[Tier, int]] = {
     "simple": 150,
     "medium": 500,
@@ -51,103 +80,162 @@ OUTPUT_TOKENS: Final[dict[Tier, int]] = {
     "reasoning": 3000,
 }
 
-_CODE = re.compile(r"```|\bdef \w+\(|\bclass \w+|\bfunction\b|=>|#include|\bimport \w+|;\s*$", re.M)
-_PROOF = re.compile(r"\b(prove|proof|rigorous(ly)?|derive)\b", re.I)
-_MATH = re.compile(
-    r"\b(integral|derivative|equation|theorem|lemma|matrix|probability|irrational|primes?)\b"
-    r"|\d+\s*[-+*/^=]\s*\d+|\\frac|\\sum|∫",
-    re.I,
-)
-_REASONING = re.compile(
-    r"\b(step by step|reason|why|analy[sz]e|trade-?offs?|compare|design|architect\w*"
-    r"|optimi[sz]e|debug|plan|evaluate|derive|justify)\b",
-    re.I,
-)
-_STEPS = re.compile(r"^\s*(\d+[.)]|[-*])\s+\S", re.M)
-_SMALL_TALK = re.compile(
-    r"^\W*(hi|hello|hey|thanks|thank you|ok(ay)?|cool|great|good (morning|night)|bye)\b", re.I
-)
+_PREVIOUS: Final = FEATURES.index("previous_turn")
 _RID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def estimate_tokens(request: ChatRequest) -> int:
     """A tokenizer-free estimate of the prompt's size (about four characters a token)."""
-    chars = sum(len(m.text()) + 16 for m in request.messages)
+    chars = MESSAGE_OVERHEAD_CHARS * len(request.messages)
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, str):
+            chars += len(content)
+        elif content:
+            chars += sum(len(part.text) for part in content if isinstance(part, TextPart))
     return int(chars / CHARS_PER_TOKEN) + 1
 
 
-def _features(text: str) -> list[tuple[float, str]]:
-    words = len(text.split())
-    found: list[tuple[float, str]] = []
-    if words > 300:
-        found.append((1.5, f"long request ({words} words)"))
-    elif words > 60:
-        found.append((0.8, f"substantial request ({words} words)"))
-    elif words < 12:
-        found.append((-0.6, f"short request ({words} words)"))
-    if _CODE.search(text):
-        found.append((1.2, "contains code"))
-    if _PROOF.search(text):
-        found.append((2.4, "asks for a proof or derivation"))
-    if hits := len(_MATH.findall(text)):
-        found.append((min(hits, 3) * 0.9, "math"))
-    if hits := len(_REASONING.findall(text)):
-        found.append((min(hits, 3) * 0.7, "asks for reasoning or analysis"))
-    if len(_STEPS.findall(text)) >= 3:
-        found.append((0.8, "multi-step instructions"))
-    if text.count("?") >= 3:
-        found.append((0.5, "several questions"))
-    if _SMALL_TALK.match(text) and words < 12:
-        found.append((-1.5, "small talk"))
-    if any(weight > 0 for weight, _ in found):  # a short hard question is still hard
-        found = [f for f in found if not f[1].startswith("short request")]
-    return found
+def check_config(config: ClassifierConfig) -> None:
+    """Raise ``ValueError`` naming any weight that is not a feature (a typo would be ignored)."""
+    _weights(config)
 
 
-def _tier(score: float) -> Tier:
-    for tier, bound in zip(TIERS, THRESHOLDS, strict=False):
-        if score < bound:
+_compiled: dict[int, tuple[ClassifierConfig, tuple[float, ...]]] = {}
+
+
+def _weights(config: ClassifierConfig) -> tuple[float, ...]:
+    """The weights in feature order, compiled once per config object."""
+    entry = _compiled.get(id(config))
+    if entry is not None and entry[0] is config:
+        return entry[1]
+    if unknown := sorted(set(config.weights) - set(FEATURES)):
+        raise ValueError(
+            f"classifier.weights: unknown feature {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(FEATURES)})"
+        )
+    weights = tuple(config.weights.get(name, DEFAULT_WEIGHTS[name]) for name in FEATURES)
+    if len(_compiled) >= 16:
+        _compiled.clear()
+    _compiled[id(config)] = (config, weights)
+    return weights
+
+
+def _user_turns(messages: list[Message]) -> tuple[Message | None, Message | None]:
+    """The last user turn and the one before it, found from the end."""
+    last: Message | None = None
+    for message in reversed(messages):
+        if message.role != "user":
+            continue
+        if last is not None:
+            return last, message
+        last = message
+    return last, None
+
+
+def _tier(total: float, bounds: tuple[float, ...]) -> Tier:
+    """The tier whose band holds ``total``; two bounds make complex the highest."""
+    for tier, bound in zip(TIERS, bounds, strict=False):
+        if total < bound:
             return tier
-    return "reasoning"
+    return TIERS[len(bounds)]
 
 
-def _confidence(score: float) -> float:
-    distance = min(abs(score - bound) for bound in THRESHOLDS)
-    return round(min(1.0, 0.5 + distance), 2)
+def _confidence(total: float, bounds: tuple[float, ...]) -> tuple[float, int]:
+    """Distance to the nearest threshold scaled to 0..1, and which threshold that is."""
+    nearest = min(range(len(bounds)), key=lambda i: abs(total - bounds[i]))
+    return min(1.0, abs(total - bounds[nearest]) / CONFIDENCE_SPAN), nearest
 
 
-def _needs(request: ChatRequest, input_tokens: int) -> list[Need]:
+def _reasons(amounts: list[float], weights: tuple[float, ...], words: int) -> list[str]:
+    """The largest contributions, largest first: ``contains code (+0.8)``."""
+    ranked = sorted(
+        (-abs(a * w), i) for i, (a, w) in enumerate(zip(amounts, weights, strict=True)) if a
+    )
+    return [
+        f"{label(FEATURES[i], amounts[i], words)} ({amounts[i] * weights[i]:+.1f})"
+        for size, i in ranked[:TOP_REASONS]
+        if size <= -MIN_REASON
+    ]
+
+
+def _needs(request: ChatRequest, input_tokens: int, config: ClassifierConfig) -> list[Need]:
     needs: list[Need] = []
-    if any(m.has_image() for m in request.messages):
+    if any(isinstance(m.content, list) and m.has_image() for m in request.messages):
         needs.append("vision")
     if request.tools:
         needs.append("tools")
-    if input_tokens > LONG_CONTEXT_TOKENS:
+    if input_tokens > config.long_context_tokens:
         needs.append("long_context")
     return needs
 
 
-def classify(request: ChatRequest) -> Classified:
-    """Tier, needs, size estimates, confidence and the reasons, from the request alone."""
-    features = _features(request.last_user_text())
-    score = sum(weight for weight, _ in features)
-    tier = _tier(score)
-    confidence = _confidence(score)
-    reasons = [why for _, why in sorted(features, key=lambda f: -abs(f[0]))[:3]]
-    if confidence < 0.55 and tier == "simple":
-        tier = "medium"
-        reasons.append("low confidence: medium")
+class _Scored(NamedTuple):
+    amounts: list[float]
+    words: int
+    total: float
+    reasoned: bool
+    """Enough :data:`REASONING_EVIDENCE` for the reasoning tier."""
+
+
+def _grade(text: str, weights: tuple[float, ...]) -> tuple[_Scored, bool]:
+    """One turn's score, and whether it is a follow-up."""
+    amounts, words, follow_up = measure(text)
+    reasoned = evidence(amounts, weights) >= REASONING_EVIDENCE
+    return _Scored(amounts, words, score(amounts, weights), reasoned), follow_up
+
+
+def _score(
+    request: ChatRequest, weights: tuple[float, ...], thresholds: tuple[float, float, float]
+) -> _Scored:
+    """The last user turn's grade, lifted towards the turn before when it follows up.
+
+    The turn before is graded alone (no further back). Without reasoning evidence its
+    score counts as at most half a unit under the reasoning threshold, so the follow-up
+    of a big engineering task stays complex.
+    """
+    last, previous = _user_turns(request.messages)
+    graded, follow_up = _grade(last.text() if last else "", weights)
+    if not follow_up or previous is None or not weights[_PREVIOUS]:
+        return graded
+    earlier, _ = _grade(previous.text(), weights)
+    ceiling = earlier.total if earlier.reasoned else thresholds[2] - CONFIDENCE_SPAN / 2
+    target = min(earlier.total, ceiling)
+    if target <= graded.total:
+        return graded
+    amounts = graded.amounts
+    amounts[_PREVIOUS] = target - graded.total
+    total = graded.total + amounts[_PREVIOUS] * weights[_PREVIOUS]
+    return _Scored(amounts, graded.words, total, graded.reasoned or earlier.reasoned)
+
+
+def classify(request: ChatRequest, config: ClassifierConfig = DEFAULT) -> Classified:
+    """Tier, needs, size estimates, confidence and the reasons, from the request alone.
+
+    Raises ``ValueError`` if ``config.weights`` names an unknown feature.
+    """
+    weights = _weights(config)
+    amounts, words, total, reasoned = _score(request, weights, config.thresholds)
+    bounds = config.thresholds if reasoned else config.thresholds[:2]
+    tier = _tier(total, bounds)
+    confidence, nearest = _confidence(total, bounds)
+    reasons = _reasons(amounts, weights, words) or ["no strong signal"]
+    if not reasoned and total >= config.thresholds[2]:
+        reasons.append("too little proof, math or reasoning for the reasoning tier: complex")
+    if confidence < config.low_confidence and nearest < 2 and tier != "medium":
+        tier = "medium"  # unsure between simple and medium, or medium and complex
+        reasons.append(f"low confidence ({confidence:.2f}): medium")
     input_tokens = estimate_tokens(request)
     output = OUTPUT_TOKENS[tier]
     if isinstance(request.max_tokens, int):
         output = min(output, request.max_tokens)
     return Classified(
         tier=tier,
-        needs=_needs(request, input_tokens),
+        needs=_needs(request, input_tokens, config),
         input_tokens=input_tokens,
         output_tokens=output,
-        confidence=confidence,
-        reasons=reasons or ["no strong signal"],
+        confidence=round(confidence, 2),
+        reasons=reasons,
     )
 
 
@@ -172,7 +260,9 @@ class ClassifierActor(Actor):
         workers: int = 64,
         backlog: int = 1024,
         dedup: DedupBoard | None = None,
+        config: ClassifierConfig = DEFAULT,
     ) -> None:
+        check_config(config)  # a bad weight name fails at start-up, not on a request
         super().__init__(
             bus,
             subject=subjects.REQUEST,
@@ -184,6 +274,7 @@ class ClassifierActor(Actor):
         self.max_request_bytes = max_request_bytes
         self.handoff_timeout_s = handoff_timeout_s
         self.dedup = dedup
+        self.config = config
 
     async def refuse(self, msg: Msg) -> None:
         failure = Failure(
@@ -247,7 +338,7 @@ class ClassifierActor(Actor):
             request=request,
             reply=reply,
             deadline=now + min(timeout or self.request_timeout_s, self.request_timeout_s),
-            classified=classify(request),
+            classified=classify(request, self.config),
             created_at=now,
         )
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,10 +28,10 @@ import msgspec
 
 from omnillm import listings
 from omnillm.actors.admin import ModelRow, ProviderRow
-from omnillm.bus.messages import Delta, Done, Error, Reset, Start
-from omnillm.client import DEFAULT_NATS_URL, Client
+from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Reset, Start
+from omnillm.client import DEFAULT_NATS_URL, Client, to_request
 from omnillm.config import Config, load_config, resolve
-from omnillm.errors import OmniLLMError
+from omnillm.errors import InvalidRequest, OmniLLMError
 from omnillm.logs import configure_logging
 from omnillm.supervisor import ACTOR_KINDS, Stack, servable_providers
 
@@ -79,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--json", action="store_true", help="one JSON object per line")
     tap.add_argument("--nats-url", help="default: as for chat")
 
+    classify_ = commands.add_parser("classify", help="show how the router would sort a prompt")
+    classify_.add_argument("prompt", nargs="?", help="the last user turn")
+    classify_.add_argument("--file", help="a ChatRequest JSON file instead of a prompt")
+    classify_.add_argument("--previous", help="the previous user turn, for a follow-up")
+    classify_.add_argument("--json", action="store_true", help="JSON for scripts")
+
     switch = commands.add_parser("switch", help="prefer a provider from now on, everywhere")
     switch.add_argument("provider", nargs="?", help="the provider to prefer; none: show")
     switch.add_argument("--clear", action="store_true", help="stop preferring any provider")
@@ -109,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "models": _models,
             "switch": _switch,
             "tap": _tap,
+            "classify": _classify,
         }[args.command]
         return anyio.run(handler, args, config)
     except OmniLLMError as exc:
@@ -203,13 +211,53 @@ def _print_listing(args: argparse.Namespace, rows: Any, note: str | None, text: 
     return 0
 
 
+async def _classify(args: argparse.Namespace, config: Config) -> int:
+    from omnillm.actors.classifier import classify
+
+    request = _request_to_classify(args)
+    result = classify(request, config.classifier)
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+        return 0
+    rows = [
+        ("tier", result.tier),
+        ("needs", ", ".join(result.needs) or "-"),
+        ("confidence", f"{result.confidence:.2f}"),
+        ("tokens", f"~{result.input_tokens} in, ~{result.output_tokens} out expected"),
+        *(("reason", reason) for reason in result.reasons),
+    ]
+    print(listings.table(("", ""), rows).split("\n", 1)[1])
+    return 0
+
+
+def _request_to_classify(args: argparse.Namespace) -> ChatRequest:
+    if args.file:
+        try:
+            return msgspec.json.decode(Path(args.file).read_bytes(), type=ChatRequest)
+        except (OSError, msgspec.DecodeError) as exc:
+            raise InvalidRequest(f"{args.file}: {exc}") from exc
+    if not args.prompt:
+        raise InvalidRequest("give a prompt, or --file with a chat request")
+    messages: list[dict[str, Any]] = []
+    if args.previous:
+        messages += [
+            {"role": "user", "content": args.previous},
+            {"role": "assistant", "content": "..."},
+        ]
+    messages.append({"role": "user", "content": args.prompt})
+    return to_request({"messages": messages})
+
+
 async def _tap(args: argparse.Namespace, config: Config) -> int:
     from omnillm.tap import tap
 
+    url = _nats_url(args, config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_cancel_on_signal, tg.cancel_scope)
-        await tap(_nats_url(args, config), args.subject, rid=args.rid, as_json=args.json)
-        tg.cancel_scope.cancel()
+        await tg.start(partial(tap, url, args.subject, rid=args.rid, as_json=args.json))
+        print(
+            f"tapping {', '.join(args.subject)} on {url}; Ctrl-C stops", file=sys.stderr, flush=True
+        )
     return 0
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "LOG_LEVELS",
     "AliasConfig",
     "BreakerConfig",
+    "ClassifierConfig",
     "Config",
     "EmbeddedNats",
     "GatewayConfig",
@@ -253,6 +254,40 @@ class LogConfig(_Section, frozen=True):
     level: str = "info"
 
 
+class ClassifierConfig(_Section, frozen=True):
+    """How the classifier scores a request (DESIGN.md §6).
+
+    ``weights`` overrides the built-in feature weights by name (``length``, ``code``,
+    ``math``, ``proof``, ``steps``, ``task``, ``explain``, ``reasoning``, ``questions``,
+    ``constraints``, ``domain``, ``lookup``, ``small_talk``, ``previous_turn``); a
+    contribution is the feature's amount times its weight and the score is their sum.
+    ``thresholds`` are the score boundaries simple | medium | complex | reasoning. A score
+    closer than ``low_confidence`` to the simple|medium or medium|complex boundary is
+    sent to medium, never to simple.
+    """
+
+    weights: dict[str, float] = {}
+    thresholds: tuple[float, float, float] = (0.0, 2.4, 4.0)
+    low_confidence: float = 0.2
+    """Confidence (0..1: the distance to the nearest boundary, one score unit being sure)
+    below which the tier is medium."""
+    long_context_tokens: int = 100_000
+    """Estimated input tokens above which a request needs a long-context model."""
+
+    def __post_init__(self) -> None:
+        low, mid, high = self.thresholds
+        if not low < mid < high:
+            raise ValueError(
+                f"thresholds: expected three ascending numbers, got {list(self.thresholds)}"
+            )
+        if not 0.0 <= self.low_confidence <= 1.0:
+            raise ValueError(f"low_confidence: expected 0 to 1, got {self.low_confidence:g}")
+        if self.long_context_tokens < 1:
+            raise ValueError(
+                f"long_context_tokens: expected 1 or more, got {self.long_context_tokens}"
+            )
+
+
 class Config(_Section, frozen=True):
     nats: NatsConfig = NatsConfig()
     gateway: GatewayConfig = GatewayConfig()
@@ -264,6 +299,7 @@ class Config(_Section, frozen=True):
     ledger: LedgerConfig = LedgerConfig()
     log: LogConfig = LogConfig()
     data_dir: str = ".omnillm"
+    classifier: ClassifierConfig = ClassifierConfig()
 
 
 # --- loading -------------------------------------------------------------------------

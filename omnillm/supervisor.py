@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -25,6 +25,7 @@ from omnillm.actors.prober import ProberActor
 from omnillm.bus.connection import Bus
 from omnillm.config import Settings
 from omnillm.embedded import EmbeddedNats
+from omnillm.errors import ConfigError
 from omnillm.metrics import Metrics, MetricsTap, serve_metrics
 from omnillm.providers.families import IMPLEMENTED
 
@@ -55,6 +56,13 @@ def servable_providers(settings: Settings) -> list[str]:
     )
 
 
+def _classifier(bus: Bus, **options: Any) -> ClassifierActor:
+    try:
+        return ClassifierActor(bus, **options)
+    except ValueError as exc:  # an unknown feature name in classifier.weights
+        raise ConfigError(str(exc)) from exc
+
+
 def build_actors(
     bus: Bus, settings: Settings, kinds: tuple[str, ...], providers: list[str], boards: Boards
 ) -> list[Service]:
@@ -62,13 +70,14 @@ def build_actors(
     actors: list[Service] = []
     if "classifier" in kinds:
         actors.append(
-            ClassifierActor(
+            _classifier(
                 bus,
                 request_timeout_s=reliability.request_timeout_s,
                 max_request_bytes=reliability.max_request_bytes,
                 handoff_timeout_s=reliability.handoff_timeout_s,
                 workers=reliability.workers,
                 dedup=boards.dedup,
+                config=settings.config.classifier,
             )
         )
     if "planner" in kinds:

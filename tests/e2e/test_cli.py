@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
 from omnillm.bus.messages import Delta, Done
+from omnillm.errors import OmniLLMError
 from omnillm.testing.mock_provider import MockProvider, answer_tokens
 from tests.conftest import client_for
 
@@ -198,3 +200,84 @@ def test_broken_config_fails_at_start_naming_file_and_key(tmp_path: Path) -> Non
     )
     assert result.returncode == 2
     assert "omnillm.yaml: models[0].price.input: expected a number" in result.stderr
+
+
+def test_omni_classify_prints_tier_needs_confidence_and_reasons(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*OMNI, "classify", "Prove that the square root of 2 is irrational."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines() if " " in line)
+    assert lines["tier"].strip() == "reasoning"
+    assert "proof" in result.stdout
+    as_json = subprocess.run(
+        [*OMNI, "classify", "--json", "thanks!"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert '"tier":"simple"' in as_json.stdout
+
+
+async def test_omni_up_serves_metrics_and_omni_tap_shows_the_traffic(
+    tmp_path: Path, mock_provider: MockProvider
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    write_config(tmp_path, tmp_path / "data", mock_provider)
+    process = await anyio.open_process(
+        [*OMNI, "up", "--metrics-port", "0"], cwd=tmp_path, env=without_keys()
+    )
+    try:
+        with anyio.fail_after(30):
+            line = await anext(read_lines(process))
+        url = line.split("NATS ", 1)[1].split(" ", 1)[0]
+        metrics_url = line.split("Metrics: ", 1)[1].rstrip(".")
+        tap = await anyio.open_process(
+            [*OMNI, "tap", "--nats-url", url], cwd=tmp_path, env=without_keys()
+        )
+        try:
+            assert tap.stderr is not None
+            with anyio.fail_after(30):  # "tapping ..." once its subscription is live
+                assert b"tapping omni.v1.>" in await tap.stderr.receive()
+            async with client_for(url) as client:
+                for i in range(3):
+                    await client.complete({"messages": [{"role": "user", "content": f"q{i}"}]})
+                unknown = {"model": "nobody/knows", "messages": [{"role": "user", "content": "x"}]}
+                with pytest.raises(OmniLLMError):
+                    await client.complete(unknown)
+            seen = []
+            with anyio.fail_after(10):
+                async for tapped in read_lines(tap):
+                    seen.append(tapped)
+                    if "event.end" in tapped and "unknown_model" in tapped:
+                        break
+        finally:
+            tap.terminate()
+            await tap.wait()
+        async with httpx.AsyncClient() as http:
+            scraped = (await http.get(metrics_url)).text
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    families = {f.name: f for f in text_string_to_metric_families(scraped)}
+    requests = {
+        (s.labels["tier"], s.labels["outcome"]): s.value
+        for s in families["omnillm_requests"].samples
+        if s.name == "omnillm_requests_total"
+    }
+    assert requests[("simple", "ok")] == 3
+    assert requests[("none", "unknown_model")] == 1
+    assert any("omni.v1.request" in t and "q0" in t for t in seen)
+    assert any("event.route" in t and "mock/mock-small" in t for t in seen)

@@ -1,0 +1,294 @@
+"""The ledger: every usage event into the store, once; cost and stats for whoever asks.
+
+It reads stream ``OMNI_USAGE`` through the durable pull consumer ``ledger`` (explicit
+acks) in batches of up to ``batch``. A batch is written in one transaction and only
+then acked (the last ack confirmed by the server), so a crash between the two
+redelivers the batch and ``INSERT OR IGNORE`` on ``<rid>.<attempt>`` drops what was
+already written. An event that does not decode
+is logged and terminated, so it cannot hold up the stream. Events published while no
+ledger ran wait in the stream (90 days) and are consumed on the next start.
+
+Two ledger processes bind the same durable consumer and share its events; both write
+the same SQLite file (WAL, each batch one short transaction), which is fine on one
+machine. Ledgers on different machines would each hold only part of the events in
+their own file: run one per deployment, or point them all at one server database.
+
+It also answers ``omni.v1.admin.cost`` (``{"by": "provider", "since": null}``) and
+``omni.v1.admin.stats`` (``{"since": null, "reference": null}``) in queue group
+``ledger``, from the store, as JSON: a list of ``CostRow``, a ``Stats``, or a
+``Failure``. ``since`` is unix time; null means all time.
+
+Without JetStream nothing is consumed (one warning); the admin answers still come
+from whatever the store holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, TypeVar
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from omnillm.actors._ledger_db import GROUPINGS, CostRow, Grouping, LedgerStore, Stats
+from omnillm.bus import subjects
+from omnillm.bus.connection import Bus
+from omnillm.bus.messages import Failure, Usage
+from omnillm.bus.usage import STREAM, SUBJECTS, decode_usage, ensure_stream
+from omnillm.config import Settings
+from omnillm.providers.catalog import ModelSpec
+
+__all__ = [
+    "CONSUMER",
+    "GROUPINGS",
+    "LEDGER_QUEUE",
+    "CostQuery",
+    "CostRow",
+    "Grouping",
+    "LedgerActor",
+    "LedgerStore",
+    "Stats",
+    "StatsQuery",
+]
+
+log = logging.getLogger("omnillm.ledger")
+
+CONSUMER: Final = "ledger"
+LEDGER_QUEUE: Final = "ledger"
+ACK_WAIT_S: Final = 30.0
+MAX_ACK_PENDING: Final = 1000
+ACK_CONFIRM_S: Final = 5.0
+RETRY_S: Final = 1.0
+"""The wait after a failed fetch before reopening the consumer."""
+
+T = TypeVar("T")
+
+
+class CostQuery(msgspec.Struct, forbid_unknown_fields=True):
+    by: Grouping = "provider"
+    since: float | None = None
+
+
+class StatsQuery(msgspec.Struct, forbid_unknown_fields=True):
+    since: float | None = None
+    reference: str | None = None
+    """A catalog model id to price the same tokens on; None: the ledger's default."""
+
+
+class LedgerActor:
+    """Consumes ``OMNI_USAGE`` into a ``LedgerStore`` and answers cost and stats."""
+
+    name = "ledger"
+
+    def __init__(
+        self,
+        bus: Bus,
+        settings: Settings,
+        *,
+        store: LedgerStore | None = None,
+        reference_model: str | None = None,
+        batch: int = 100,
+        fetch_timeout_s: float = 1.0,
+        replicas: int = 1,
+    ) -> None:
+        """``store`` defaults to ``ledger.path`` (relative to the working directory),
+        owned and closed by ``run``; a store passed in stays the caller's."""
+        self.bus = bus
+        self.settings = settings
+        self._owns_store = store is None
+        self.store = store or LedgerStore(Path(settings.config.ledger.path))
+        self.reference_model = reference_model
+        self.batch = batch
+        self.fetch_timeout_s = fetch_timeout_s
+        self.replicas = replicas
+        self._js: JetStreamContext | None = None
+        self._pull: JetStreamContext.PullSubscription | None = None
+        self._db_turn = anyio.CapacityLimiter(1)
+        self._started = anyio.Event()
+        self._stopping = anyio.Event()
+        self._progress = anyio.Event()
+        self._acked_seq = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``stop()``; reports started once the admin subscriptions and the
+        consumer are live. A batch being written when ``stop()`` comes is finished and acked."""
+        try:
+            subs = [
+                await self.bus.subscribe(subjects.admin(what), self._on_admin, queue=LEDGER_QUEUE)
+                for what in ("cost", "stats")
+            ]
+            async with anyio.create_task_group() as tg:
+                self._pull = await self._open_consumer()
+                await self.bus.flush()
+                task_status.started()
+                self._started.set()
+                if self._pull is not None:
+                    tg.start_soon(self._consume)
+                await self._stopping.wait()
+                tg.cancel_scope.cancel()
+            for sub in subs:
+                await sub.drain()  # type: ignore[no-untyped-call]
+            await self._close_pull()  # the durable consumer stays, for the next start
+        finally:
+            if self._owns_store:
+                self.store.close()
+
+    async def caught_up(self) -> None:
+        """Return once every event in the stream when called has been recorded and acked.
+
+        Returns at once without JetStream. With several ledgers on the durable consumer,
+        events another one acked count too.
+        """
+        await self._started.wait()
+        if self._js is None:
+            return
+        target = (await self._js.stream_info(STREAM)).state.last_seq
+        while True:
+            progress = self._progress
+            if self._acked_seq >= target or await self._drained(target):
+                return
+            await progress.wait()
+
+    async def _drained(self, target: int) -> bool:
+        assert self._js is not None
+        try:
+            info = await self._js.consumer_info(STREAM, CONSUMER)
+        except NotFoundError:  # being opened again
+            return False
+        return bool(info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= target)
+
+    # --- consuming ----------------------------------------------------------------------
+
+    async def _open_consumer(self) -> JetStreamContext.PullSubscription | None:
+        js = self.bus.nc.jetstream()
+        config = ConsumerConfig(
+            durable_name=CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=MAX_ACK_PENDING,
+        )
+        try:
+            await ensure_stream(js, replicas=self.replicas)
+            pull = await js.pull_subscribe(SUBJECTS, durable=CONSUMER, stream=STREAM, config=config)
+        except Exception as exc:  # no JetStream on this server
+            if self._js is None:
+                log.warning("usage is not consumed: %s", exc or type(exc).__name__)
+            return None
+        self._js = js
+        return pull
+
+    async def _consume(self) -> None:
+        while True:
+            if self._pull is None:  # lost: reopen after a pause
+                await anyio.sleep(RETRY_S)
+                self._pull = await self._open_consumer()
+                continue
+            try:
+                msgs = await self._pull.fetch(self.batch, timeout=self.fetch_timeout_s)
+            except NatsTimeoutError:
+                self._advance(0)
+                continue
+            except Exception as exc:  # the connection or the consumer went away
+                log.warning("ledger fetch failed: %r", exc)
+                await self._close_pull()
+                continue
+            with anyio.CancelScope(shield=True):
+                await self._record(msgs)
+
+    async def _close_pull(self) -> None:
+        pull, self._pull = self._pull, None
+        if pull is not None:
+            with contextlib.suppress(Exception):  # already gone with its connection
+                await pull.unsubscribe()
+
+    async def _record(self, msgs: list[Msg]) -> None:
+        """Write the batch, then ack it; a malformed event is terminated."""
+        events: list[tuple[Usage, float]] = []
+        good: list[Msg] = []
+        bad: list[Msg] = []
+        for msg in msgs:
+            try:
+                events.append((decode_usage(msg.data), msg.metadata.timestamp.timestamp()))
+                good.append(msg)
+            except msgspec.DecodeError as exc:
+                log.warning("dropping a malformed usage event on %s: %s", msg.subject, exc)
+                bad.append(msg)
+        try:
+            added = await self._in_thread(lambda: self.store.record(events))
+        except Exception:  # left unacked: redelivered after ACK_WAIT_S
+            log.exception("ledger: %d usage events not written", len(events))
+            return
+        if added < len(events):
+            log.debug("ledger: %d redelivered events already recorded", len(events) - added)
+        await self._settle(good, bad)
+        self._advance(max((m.metadata.sequence.stream for m in msgs), default=0))
+
+    async def _settle(self, good: list[Msg], bad: list[Msg]) -> None:
+        """Term the bad, ack the good; the last ack waits for the server, so once this
+        returns every ack before it has been processed too (one consumer, in order)."""
+        for msg in bad:
+            await msg.term()
+        for msg in good[:-1]:
+            await msg.ack()
+        if good:
+            try:
+                await good[-1].ack_sync(timeout=ACK_CONFIRM_S)
+            except Exception as exc:  # the batch is written: a redelivery is ignored
+                log.warning("ledger: ack not confirmed: %r", exc)
+
+    def _advance(self, seq: int) -> None:
+        """Record progress and wake ``caught_up`` waiters (also after an idle fetch)."""
+        self._acked_seq = max(self._acked_seq, seq)
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        """One store call at a time, off the event loop."""
+        return await anyio.to_thread.run_sync(work, limiter=self._db_turn)
+
+    # --- admin --------------------------------------------------------------------------
+
+    async def _on_admin(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        what = msg.subject.rsplit(".", 1)[-1]
+        try:
+            payload = await self._answer(what, msg.data or b"{}")
+        except (msgspec.DecodeError, ValueError) as exc:
+            payload = msgspec.json.encode(Failure(code="invalid_request", message=str(exc)))
+        except Exception as exc:
+            log.exception("admin request %s failed", msg.subject)
+            payload = msgspec.json.encode(Failure(code="internal", message=repr(exc)))
+        await self.bus.publish(msg.reply, payload)
+
+    async def _answer(self, what: str, data: bytes) -> bytes:
+        if what == "cost":
+            query = msgspec.json.decode(data, type=CostQuery)
+            rows = await self._in_thread(lambda: self.store.cost(query.by, query.since))
+            return msgspec.json.encode(rows)
+        stats_query = msgspec.json.decode(data, type=StatsQuery)
+        reference = self._reference(stats_query.reference)
+        stats = await self._in_thread(lambda: self.store.stats(stats_query.since, reference))
+        return msgspec.json.encode(stats)
+
+    def _reference(self, model: str | None) -> ModelSpec | None:
+        model = model or self.reference_model
+        if model is None:
+            return None
+        spec = self.settings.catalog.get(model)
+        if spec is None:
+            raise ValueError(f"reference model {model!r} is not in the catalog")
+        return spec

@@ -10,6 +10,7 @@ from omnillm.bus.connection import Bus
 from omnillm.bus.dedup import DedupBoard
 from omnillm.bus.events import Event, emit
 from omnillm.bus.health import HealthBoard
+from omnillm.bus.usage import UsagePublisher
 from omnillm.config import Settings
 
 __all__ = ["Boards"]
@@ -17,11 +18,13 @@ __all__ = ["Boards"]
 
 @dataclass(frozen=True, slots=True)
 class Boards:
-    """The shared state one process keeps: provider health, breakers, dedup claims."""
+    """The shared state one process keeps: provider health, breakers, dedup claims, and
+    the usage stream the ledger reads."""
 
     health: HealthBoard
     breakers: BreakerBoard
     dedup: DedupBoard
+    usage: UsagePublisher
 
     @classmethod
     def for_bus(cls, bus: Bus, settings: Settings) -> Boards:
@@ -45,4 +48,5 @@ class Boards:
             health=HealthBoard(bus),
             breakers=BreakerBoard(bus, policy, on_transition=announce),
             dedup=DedupBoard(bus, ttl_s=settings.config.dedup.ttl_s),
+            usage=UsagePublisher(bus),
         )

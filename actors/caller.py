@@ -48,6 +48,7 @@ from omnillm.bus.messages import (
     ProviderHealth,
     Start,
     TokenUsage,
+    Usage,
     decode_envelope,
 )
 from omnillm.bus.stream import StreamSender
@@ -77,6 +78,52 @@ class _CircuitOpen(ProviderUnavailable):
         super().__init__(f"{model}: the circuit is open (the provider failed recently)")
 
 
+class _Spent:
+    """What one attempt's calls cost, for its ``Usage`` event."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.spec: ModelSpec | None = None
+        self.tries = 0
+        self.cost = 0.0
+        self.tokens = TokenUsage()
+        self.ttft_ms: float | None = None
+
+    def add(self, call: Call) -> None:
+        self.tries += 1
+        self.ttft_ms = call.ttft_ms if call.ttft_ms is not None else self.ttft_ms
+        if call.usage is not None and self.spec is not None:
+            self.cost += cost_usd(self.spec, call.usage)
+            self.tokens = _plus(self.tokens, call.usage)
+
+    def usage(self, envelope: CallEnvelope, provider: str, *, ok: bool) -> Usage:
+        classified = envelope.classified
+        return Usage(
+            rid=envelope.rid,
+            attempt=envelope.attempt,
+            provider=provider,
+            model=self.spec.id if self.spec else envelope.candidate.model,
+            outcome="ok" if ok else "error",
+            tier=classified.tier if classified else "",
+            key=envelope.key,
+            tokens=self.tokens,
+            cost_usd=round(self.cost, 10),
+            latency_ms=round((time.monotonic() - self.started) * 1000, 3),
+            ttft_ms=self.ttft_ms,
+            tries=max(self.tries, 1),
+        )
+
+
+def _plus(a: TokenUsage, b: TokenUsage) -> TokenUsage:
+    return TokenUsage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        cached_input_tokens=a.cached_input_tokens + b.cached_input_tokens,
+        cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
+    )
+
+
 @dataclass(slots=True)
 class _GaveUp:
     failure: Failure
@@ -104,6 +151,7 @@ class CallerActor(HandoffActor):
             subject=subjects.call(provider),
             queue=subjects.caller_queue(provider),
             workers=size,
+            backlog=live.config.backlog,
         )
         self.name = f"caller.{provider}"
         self.settings = settings
@@ -117,6 +165,7 @@ class CallerActor(HandoffActor):
             retry_after_cap_s=self.reliability.retry_after_cap_s,
         )
         boards = boards or Boards.for_bus(bus, settings)
+        self.usage = boards.usage
         self.health = boards.health
         self.breakers = boards.breakers
         self.dedup: DedupBoard | None = boards.dedup
@@ -162,7 +211,19 @@ class CallerActor(HandoffActor):
             await self._move_on(envelope, sender, gave_up)
 
     async def _serve(self, envelope: CallEnvelope, sender: StreamSender) -> _GaveUp | None:
-        """Call the upstream, retrying per the policy; None once the client has its answer."""
+        """Call the upstream, retrying per the policy; None once the client has its answer.
+
+        Either way the attempt goes to the ledger: one ``Usage`` event, with the tokens
+        every call of it reported (a failed call is billed only if the provider said so).
+        """
+        spent = _Spent()
+        gave_up = await self._calls(envelope, sender, spent)
+        await self.usage.publish(spent.usage(envelope, self.provider, ok=gave_up is None))
+        return gave_up
+
+    async def _calls(
+        self, envelope: CallEnvelope, sender: StreamSender, spent: _Spent
+    ) -> _GaveUp | None:
         spec = self.settings.catalog.get(envelope.candidate.model)
         if spec is None:
             unknown = ModelNotFound(f"{envelope.candidate.model}: not in this caller's catalog")
@@ -171,6 +232,7 @@ class CallerActor(HandoffActor):
             return self._gave_up(self._missing_key(), spec_id=spec.id, call=None)
         request = _with_prefill(envelope.request, envelope.partial)
         first, tries = time.monotonic(), 0
+        spent.spec = spec
         while True:
             tries += 1
             if not await self.breakers.allows(self.provider, spec.id):
@@ -178,6 +240,7 @@ class CallerActor(HandoffActor):
             probing = not self.breakers.is_closed(self.provider, spec.id)
             call = Call(sender, self.provider, spec)
             error = await self._call(envelope, request, call)
+            spent.add(call)
             if error is None:
                 if probing:  # close the circuit before the client can send its next request
                     await self.breakers.record(self.provider, spec.id, True)

@@ -222,6 +222,8 @@ class CallEnvelope(Struct, omit_defaults=True):
     created_at: float = 0.0
     skipped: list[str] = []
     """Models the planner passed over, and why: shown to the client in ``Start``."""
+    key: str = ""
+    """The name of the API key the request came in with (gateway), for the ledger."""
 
     @property
     def candidate(self) -> Candidate:
@@ -373,6 +375,8 @@ class Usage(Struct, omit_defaults=True):
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     ttft_ms: float | None = None
+    tries: int = 1
+    """Calls to the provider within this attempt (retries included)."""
 
 
 # --- codecs --------------------------------------------------------------------------

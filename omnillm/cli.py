@@ -26,7 +26,8 @@ from typing import Any, TextIO
 import anyio
 import msgspec
 
-from omnillm import listings
+from omnillm import costs, listings
+from omnillm.actors._ledger_db import GROUPINGS
 from omnillm.actors.admin import ModelRow, ProviderRow
 from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Reset, Start
 from omnillm.client import DEFAULT_NATS_URL, Client, to_request
@@ -80,6 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--json", action="store_true", help="one JSON object per line")
     tap.add_argument("--nats-url", help="default: as for chat")
 
+    cost = commands.add_parser("cost", help="what requests cost, from the ledger")
+    cost.add_argument("--by", choices=GROUPINGS, default="provider")
+    cost.add_argument("--since", help="2026-11-01, 24h, 7d or a unix time")
+    cost.add_argument("--json", action="store_true", help="JSON for scripts")
+    cost.add_argument("--nats-url", help="the router's NATS (default: as for chat)")
+
+    stats = commands.add_parser("stats", help="requests, errors, latency, tokens, cost, savings")
+    stats.add_argument("--since", help="2026-11-01, 24h, 7d or a unix time")
+    stats.add_argument("--reference", help="savings against always using this model")
+    stats.add_argument("--json", action="store_true", help="JSON for scripts")
+    stats.add_argument("--nats-url", help="the router's NATS (default: as for chat)")
+
     classify_ = commands.add_parser("classify", help="show how the router would sort a prompt")
     classify_.add_argument("prompt", nargs="?", help="the last user turn")
     classify_.add_argument("--file", help="a ChatRequest JSON file instead of a prompt")
@@ -117,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "switch": _switch,
             "tap": _tap,
             "classify": _classify,
+            "cost": _cost,
+            "stats": _stats,
         }[args.command]
         return anyio.run(handler, args, config)
     except OmniLLMError as exc:
@@ -209,6 +224,19 @@ def _print_listing(args: argparse.Namespace, rows: Any, note: str | None, text: 
     if note:
         print(f"({note})", file=sys.stderr)
     return 0
+
+
+async def _cost(args: argparse.Namespace, config: Config) -> int:
+    since = costs.parse_since(args.since) if args.since else None
+    rows = await costs.fetch_cost(_nats_url(args, config), args.by, since)
+    return _print_listing(args, rows, None, costs.render_cost(rows, args.by))
+
+
+async def _stats(args: argparse.Namespace, config: Config) -> int:
+    since = costs.parse_since(args.since) if args.since else None
+    reference = args.reference or config.ledger.reference_model
+    stats = await costs.fetch_stats(_nats_url(args, config), since, reference)
+    return _print_listing(args, stats, None, costs.render_stats(stats))
 
 
 async def _classify(args: argparse.Namespace, config: Config) -> int:
@@ -348,6 +376,13 @@ async def _demo(args: argparse.Namespace, config: Config) -> int:
     async with mock:
         settings = resolve(mock_config(mock.base_url, config), env={})
         with tempfile.TemporaryDirectory(prefix="omnillm-demo-") as data:
+            config = msgspec.structs.replace(
+                settings.config,
+                ledger=msgspec.structs.replace(
+                    settings.config.ledger, path=str(Path(data) / "ledger.sqlite")
+                ),
+            )
+            settings = resolve(config, env={})
             stack = Stack(settings, embedded_port=0, data_dir=Path(data) / "nats")
             return await _while_running(stack, ask)
 

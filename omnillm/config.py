@@ -130,6 +130,8 @@ class ProviderConfig(_Section, frozen=True):
     tpm: int | None = None
     """Tokens a minute (estimated input + expected output), per caller process."""
     max_concurrency: int = 64
+    backlog: int = 256
+    """Requests a caller process holds beyond ``max_concurrency`` before it answers busy."""
     max_tokens_field: str | None = None
     stream_usage: bool | None = None
     api_version: str | None = None
@@ -248,6 +250,8 @@ class DedupConfig(_Section, frozen=True):
 
 class LedgerConfig(_Section, frozen=True):
     path: str = ".omnillm/ledger.sqlite"
+    reference_model: str | None = None
+    """``omni stats`` shows savings against always using this model (a catalog id)."""
 
 
 class LogConfig(_Section, frozen=True):
@@ -605,7 +609,7 @@ def _known_models(where: str, ids: list[str], known: set[str]) -> Iterator[Probl
             yield f"{where}[{i}]", f"unknown model '{model_id}' (not in the catalog or models:)"
 
 
-_ZERO_MEANS_OFF: Final = frozenset({"probe_interval_s"})
+_ZERO_MEANS_OFF: Final = frozenset({"probe_interval_s", "backlog"})
 
 
 def _positive(where: str, section: Struct) -> Iterator[Problem]:

@@ -20,6 +20,7 @@ from omnillm.actors._boards import Boards
 from omnillm.actors.admin import AdminActor
 from omnillm.actors.caller import CallerActor
 from omnillm.actors.classifier import ClassifierActor
+from omnillm.actors.ledger import LedgerActor
 from omnillm.actors.planner import PlannerActor
 from omnillm.actors.prober import ProberActor
 from omnillm.bus.connection import Bus
@@ -33,7 +34,7 @@ __all__ = ["ACTOR_KINDS", "Stack", "build_actors"]
 
 log = logging.getLogger("omnillm.supervisor")
 
-ACTOR_KINDS: Final = ("classifier", "planner", "caller", "admin", "prober")
+ACTOR_KINDS: Final = ("classifier", "planner", "caller", "admin", "prober", "ledger")
 
 
 class Service(Protocol):
@@ -88,6 +89,9 @@ def build_actors(
         actors.append(AdminActor(bus, settings, boards.health, boards.breakers))
     if "prober" in kinds:
         actors.append(ProberActor(bus, settings, providers, boards=boards))
+    if "ledger" in kinds:
+        reference = settings.config.ledger.reference_model
+        actors.append(LedgerActor(bus, settings, reference_model=reference))
     return actors
 
 

@@ -44,12 +44,16 @@ def mock_settings(provider: MockProvider, **overrides: Any) -> Settings:
     return resolve(mock_config(provider.base_url, reliability=reliability, **overrides), env={})
 
 
+SERVING: tuple[str, ...] = tuple(kind for kind in ACTOR_KINDS if kind != "ledger")
+"""Every actor but the ledger, which writes a SQLite file: tests that want it ask."""
+
+
 @asynccontextmanager
 async def running(
     settings: Settings,
     url: str,
     *,
-    kinds: tuple[str, ...] = ACTOR_KINDS,
+    kinds: tuple[str, ...] = SERVING,
     providers: list[str] | None = None,
 ) -> AsyncIterator[Stack]:
     """A stack of actors on ``url`` for the duration of the block, stopped gracefully after."""

@@ -141,6 +141,7 @@ async def test_a_refused_free_tier_falls_back_and_omni_providers_says_so(tmp_pat
         mock.settings.free_tier_refused = True
         (tmp_path / "omnillm.yaml").write_text(
             f"nats: {{embedded: {{port: 0, data_dir: {tmp_path / 'd'}}}}}\n"
+            "reliability: {probe_interval_s: 0}\n"  # the user's request meets the refusal
             f"providers:\n"
             f"  opencode: {{base_url: 'http://127.0.0.1:{mock.port}/zen/v1', api_key: public}}\n"
             f"  local: {{family: openai, base_url: '{mock.base_url}', api_key: none}}\n"

@@ -297,7 +297,7 @@ async def test_a_busy_caller_sends_the_request_to_the_next_candidate(
     base = {"family": "openai", "base_url": mock_provider.base_url, "api_key": "none"}
     settings = mock_settings(
         mock_provider,
-        providers={"mock": {**base, "max_concurrency": 1}, "spare": base},
+        providers={"mock": {**base, "max_concurrency": 1, "backlog": 0}, "spare": base},
         models=[
             {
                 "id": "mock/mock-small",

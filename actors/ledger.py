@@ -78,6 +78,17 @@ class CostQuery(msgspec.Struct, forbid_unknown_fields=True):
     since: float | None = None
 
 
+class SpendQuery(msgspec.Struct, forbid_unknown_fields=True):
+    """USD spent since a time, by one gateway key (``key``) or by everyone (None)."""
+
+    since: float | None = None
+    key: str | None = None
+
+
+class Spend(msgspec.Struct):
+    cost_usd: float
+
+
 class StatsQuery(msgspec.Struct, forbid_unknown_fields=True):
     since: float | None = None
     reference: str | None = None
@@ -127,7 +138,7 @@ class LedgerActor:
         try:
             subs = [
                 await self.bus.subscribe(subjects.admin(what), self._on_admin, queue=LEDGER_QUEUE)
-                for what in ("cost", "stats")
+                for what in ("cost", "stats", "spend")
             ]
             async with anyio.create_task_group() as tg:
                 self._pull = await self._open_consumer()
@@ -275,6 +286,10 @@ class LedgerActor:
         await self.bus.publish(msg.reply, payload)
 
     async def _answer(self, what: str, data: bytes) -> bytes:
+        if what == "spend":
+            spend = msgspec.json.decode(data, type=SpendQuery)
+            total = await self._in_thread(lambda: self.store.totals_since(spend.since, spend.key))
+            return msgspec.json.encode(Spend(cost_usd=total))
         if what == "cost":
             query = msgspec.json.decode(data, type=CostQuery)
             rows = await self._in_thread(lambda: self.store.cost(query.by, query.since))

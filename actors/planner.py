@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 
 from omnillm.actors._base import HandoffActor
 from omnillm.actors._boards import Boards
+from omnillm.actors._budget import BudgetGuard
 from omnillm.actors._dispatch import dispatch, fail_request
 from omnillm.bus import subjects
 from omnillm.bus.breakers import breaker_key
@@ -38,7 +39,7 @@ from omnillm.bus.messages import (
 )
 from omnillm.bus.switch import SwitchBoard
 from omnillm.config import AliasConfig, Settings
-from omnillm.errors import NoCandidates, RequestError, UnknownModel
+from omnillm.errors import BudgetExceeded, NoCandidates, RequestError, UnknownModel
 from omnillm.providers.catalog import ModelSpec, rates_for
 
 __all__ = ["PlannerActor", "estimate_cost", "plan"]
@@ -335,12 +336,25 @@ class PlannerActor(HandoffActor):
         self.breakers = boards.breakers
         self.dedup: DedupBoard | None = boards.dedup
         self.switch = SwitchBoard(bus)
+        self.budget = BudgetGuard(bus, settings)
+
+    async def _within_budget(self, envelope: CallEnvelope) -> None:
+        """Downgrade or refuse a request over a spending limit, as configured."""
+        verdict = await self.budget.check(envelope.key)
+        if verdict.action == "refuse":
+            raise BudgetExceeded(f"{verdict.reason}; requests are refused until it resets")
+        if verdict.action == "downgrade" and envelope.classified is not None:
+            envelope.classified = _downgraded(envelope.classified, verdict.reason)
+            if envelope.request.model not in ("auto", *BUILTIN_ALIASES):
+                return  # a pinned model stays pinned
+            envelope.request = msgspec.structs.replace(envelope.request, model="cheap")
 
     async def handle(self, msg: Msg) -> None:
         envelope = decode_envelope(msg.data)
         if envelope.classified is None:
             raise ValueError(f"envelope {envelope.rid} reached the planner unclassified")
         try:
+            await self._within_budget(envelope)
             decision = route(
                 envelope.request,
                 envelope.classified,
@@ -360,6 +374,13 @@ class PlannerActor(HandoffActor):
         await emit(self.bus, _route_event(envelope))
         timeout = self.settings.config.reliability.handoff_timeout_s
         await dispatch(self.bus, envelope, start=0, handoff_timeout_s=timeout, dedup=self.dedup)
+
+
+def _downgraded(classified: Classified, reason: str) -> Classified:
+    """The cheapest capable models for an over-budget request: tier simple, by cost."""
+    return msgspec.structs.replace(
+        classified, tier="simple", reasons=[*classified.reasons, f"{reason}: downgraded"]
+    )
 
 
 def _route_event(envelope: CallEnvelope) -> Event:

@@ -106,6 +106,7 @@ class GatewayKey(_Section, frozen=True):
     key: str | None = None
     models: list[str] = []
     daily_budget_usd: float | None = None
+    monthly_budget_usd: float | None = None
 
     def __repr__(self) -> str:
         key = "<set>" if self.key else None
@@ -199,12 +200,24 @@ class AliasConfig(_Section, frozen=True):
     """Providers to put first, in this order."""
 
 
+class BudgetConfig(_Section, frozen=True):
+    """Spending limits for everyone together (per gateway key: ``gateway.keys``)."""
+
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+    over: Literal["downgrade", "refuse"] = "downgrade"
+    """Over a limit: send requests to the cheapest capable models, or refuse them."""
+    refresh_s: float = 5.0
+    """How old the ledger's spend figure may be when a planner checks it."""
+
+
 class RoutingConfig(_Section, frozen=True):
     strategy: Strategy = "cost"
     priority: list[str] = []
     allow: list[str] = []
     deny: list[str] = []
     aliases: dict[str, AliasConfig | list[str]] = {}
+    budget: BudgetConfig = BudgetConfig()
 
 
 class BreakerConfig(_Section, frozen=True):

@@ -8,7 +8,8 @@
     │   ├── InvalidRequest            malformed JSON, wrong types, empty messages
     │   ├── RequestTooLarge           over the configured request size
     │   ├── UnknownModel              a model or alias nobody serves
-    │   └── NoCandidates              nothing configured can do what the request needs
+    │   ├── NoCandidates              nothing configured can do what the request needs
+    │   └── BudgetExceeded            a spending limit is reached (when over-budget is refused)
     ├── RoutingError                  the bus could not carry the request
     │   ├── NoRouter                  nobody listens on ``omni.v1.request``
     │   └── NoCaller                  no caller process for a provider (no responders, busy)
@@ -44,6 +45,7 @@ from typing import ClassVar
 __all__ = [
     "AuthenticationFailed",
     "BadUpstreamRequest",
+    "BudgetExceeded",
     "ConfigError",
     "ContentPolicy",
     "ContextLengthExceeded",
@@ -107,6 +109,10 @@ class UnknownModel(RequestError):
 
 class NoCandidates(RequestError):
     code = "no_candidates"
+
+
+class BudgetExceeded(RequestError):
+    code = "budget_exceeded"
 
 
 class RoutingError(OmniLLMError):

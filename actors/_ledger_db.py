@@ -24,7 +24,8 @@ there)::
         cost_usd            REAL NOT NULL,
         latency_ms          REAL NOT NULL,
         ttft_ms             REAL,               -- NULL when no token arrived
-        fallback            INTEGER NOT NULL    -- 1 when attempt > 1
+        fallback            INTEGER NOT NULL,   -- 1 when attempt > 1
+        est_input_tokens    INTEGER NOT NULL    -- the router's estimate of input_tokens
     );
     CREATE INDEX usage_at ON usage (at);
     CREATE INDEX usage_rid ON usage (rid);
@@ -91,7 +92,8 @@ CREATE TABLE IF NOT EXISTS usage (
     cost_usd            REAL NOT NULL,
     latency_ms          REAL NOT NULL,
     ttft_ms             REAL,
-    fallback            INTEGER NOT NULL
+    fallback            INTEGER NOT NULL,
+    est_input_tokens    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_at ON usage (at);
 CREATE INDEX IF NOT EXISTS usage_rid ON usage (rid);
@@ -115,7 +117,7 @@ _INSERT: Final = """
 INSERT OR IGNORE INTO usage VALUES (
     :event_id, :rid, :attempt, :at, :day, :provider, :model, :tier, :key, :outcome, :tries,
     :input_tokens, :cached_input_tokens, :cache_write_tokens, :output_tokens,
-    :reasoning_tokens, :cost_usd, :latency_ms, :ttft_ms, :fallback
+    :reasoning_tokens, :cost_usd, :latency_ms, :ttft_ms, :fallback, :est_input_tokens
 )
 """
 
@@ -132,6 +134,24 @@ _GROUP_COLUMNS: Final[dict[str, str]] = {
     "key": "key",
     "tier": "tier",
 }
+
+
+class InputEstimate(msgspec.Struct):
+    factor: float
+    """Provider-counted input tokens over the router's estimate (1.0: spot on)."""
+    error: float
+    """Mean absolute error of the estimate, as a fraction of the real count."""
+    samples: int
+
+
+class OutputExpectation(msgspec.Struct):
+    output_tokens: int
+    samples: int
+
+
+class Estimates(msgspec.Struct):
+    providers: dict[str, InputEstimate] = {}
+    tiers: dict[str, OutputExpectation] = {}
 
 
 class CostRow(msgspec.Struct):
@@ -211,6 +231,7 @@ def _row(usage: Usage, at: float) -> dict[str, Any]:
         "latency_ms": usage.latency_ms,
         "ttft_ms": usage.ttft_ms,
         "fallback": usage.attempt > 1,
+        "est_input_tokens": usage.est_input_tokens,
     }
 
 
@@ -237,6 +258,11 @@ class LedgerStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA + REQUESTS_VIEW + ";")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(usage)")}
+        if "est_input_tokens" not in columns:  # a ledger file from before the column
+            self._db.execute(
+                "ALTER TABLE usage ADD COLUMN est_input_tokens INTEGER NOT NULL DEFAULT 0"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -287,6 +313,35 @@ class LedgerStore:
         if key is None:
             return float(self._query(sql, _since(since))[0][0])
         return float(self._query(sql + " AND key = ?", _since(since), key)[0][0])
+
+    def estimates(self, since: float | None = None) -> Estimates:
+        """How good the router's guesses were, from successful attempts since ``since``:
+        per provider, actual over estimated input tokens (the calibration factor) and the
+        mean absolute error of the estimate; per tier, the average output tokens."""
+        start = _since(since)
+        providers = {
+            provider: InputEstimate(
+                factor=round(actual / estimated, 4) if estimated else 1.0,
+                error=round(error, 4),
+                samples=samples,
+            )
+            for provider, actual, estimated, error, samples in self._query(
+                "SELECT provider, TOTAL(input_tokens), TOTAL(est_input_tokens),"
+                " AVG(ABS(input_tokens - est_input_tokens) * 1.0 / input_tokens), COUNT(*)"
+                " FROM usage WHERE outcome = 'ok' AND est_input_tokens > 0 AND input_tokens > 0"
+                " AND at >= ? GROUP BY provider",
+                start,
+            )
+        }
+        tiers = {
+            tier: OutputExpectation(output_tokens=round(average), samples=samples)
+            for tier, average, samples in self._query(
+                "SELECT tier, AVG(output_tokens), COUNT(*) FROM usage"
+                " WHERE outcome = 'ok' AND tier != '' AND at >= ? GROUP BY tier",
+                start,
+            )
+        }
+        return Estimates(providers=providers, tiers=tiers)
 
     def stats(self, since: float | None = None, reference: ModelSpec | None = None) -> Stats:
         """The record since ``since``; with ``reference``, what it would have cost there."""

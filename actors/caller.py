@@ -111,6 +111,7 @@ class _Spent:
             latency_ms=round((time.monotonic() - self.started) * 1000, 3),
             ttft_ms=self.ttft_ms,
             tries=max(self.tries, 1),
+            est_input_tokens=classified.input_tokens if classified else 0,
         )
 
 

@@ -138,7 +138,7 @@ class LedgerActor:
         try:
             subs = [
                 await self.bus.subscribe(subjects.admin(what), self._on_admin, queue=LEDGER_QUEUE)
-                for what in ("cost", "stats", "spend")
+                for what in ("cost", "stats", "spend", "estimates")
             ]
             async with anyio.create_task_group() as tg:
                 self._pull = await self._open_consumer()
@@ -286,6 +286,10 @@ class LedgerActor:
         await self.bus.publish(msg.reply, payload)
 
     async def _answer(self, what: str, data: bytes) -> bytes:
+        if what == "estimates":
+            asked = msgspec.json.decode(data or b"{}", type=SpendQuery)
+            found = await self._in_thread(lambda: self.store.estimates(asked.since))
+            return msgspec.json.encode(found)
         if what == "spend":
             spend = msgspec.json.decode(data, type=SpendQuery)
             total = await self._in_thread(lambda: self.store.totals_since(spend.since, spend.key))

@@ -20,6 +20,8 @@ from omnillm.actors._base import HandoffActor
 from omnillm.actors._boards import Boards
 from omnillm.actors._budget import BudgetGuard
 from omnillm.actors._dispatch import dispatch, fail_request
+from omnillm.actors._estimates import MIN_SAMPLES, EstimateSource
+from omnillm.actors._ledger_db import Estimates
 from omnillm.bus import subjects
 from omnillm.bus.breakers import breaker_key
 from omnillm.bus.connection import Bus
@@ -86,6 +88,7 @@ class _Planner:
     ):
         self.open_circuits = open_circuits
         self.latency: Mapping[str, LatencyStat] = {}
+        self.estimates = Estimates()
         self.request = request
         self.classified = classified
         self.settings = settings
@@ -152,7 +155,26 @@ class _Planner:
         return None
 
     def cost(self, spec: ModelSpec) -> float:
-        return estimate_cost(spec, self.classified)
+        """Estimated cost, with the ledger's calibration once enough answers back it."""
+        learned = self.estimates.providers.get(spec.provider)
+        factor = learned.factor if learned and learned.samples >= MIN_SAMPLES else 1.0
+        tokens = msgspec.structs.replace(
+            self.classified,
+            input_tokens=round(self.classified.input_tokens * factor),
+            output_tokens=self._output_tokens(),
+        )
+        return estimate_cost(spec, tokens)
+
+    def _output_tokens(self) -> int:
+        tier = self.classified.tier
+        seen = self.estimates.tiers.get(tier)
+        configured = self.settings.config.routing.output_tokens.get(tier)
+        if seen is not None and seen.samples >= MIN_SAMPLES:
+            expected = seen.output_tokens
+        else:
+            expected = configured or self.classified.output_tokens
+        limit = self.request.max_tokens
+        return min(expected, limit) if isinstance(limit, int) else expected
 
     def order(self, specs: Iterable[ModelSpec], tier: Tier) -> list[ModelSpec]:
         """Admissible models, cheapest capable of ``tier`` first; the strongest if none is."""
@@ -248,6 +270,7 @@ def route(
     open_circuits: set[str] | frozenset[str] = frozenset(),
     latency: Mapping[str, LatencyStat] | None = None,
     switch: str | None = None,
+    estimates: Estimates | None = None,
 ) -> Route:
     """The chain and the reasons models were skipped.
 
@@ -257,6 +280,7 @@ def route(
     """
     planner = _Planner(request, classified, settings, health or {}, open_circuits)
     planner.latency = latency or {}
+    planner.estimates = estimates or Estimates()
     chain = _chain(planner, request, classified, settings)
     if switch and "/" not in request.model:
         chain = [c for c in chain if c.provider == switch] + [
@@ -337,6 +361,7 @@ class PlannerActor(HandoffActor):
         self.dedup: DedupBoard | None = boards.dedup
         self.switch = SwitchBoard(bus)
         self.budget = BudgetGuard(bus, settings)
+        self.expected = EstimateSource(bus)
 
     async def _within_budget(self, envelope: CallEnvelope) -> None:
         """Downgrade or refuse a request over a spending limit, as configured."""
@@ -363,6 +388,7 @@ class PlannerActor(HandoffActor):
                 open_circuits=self.breakers.open_circuits(),
                 latency=self.health.latency_snapshot(),
                 switch=await self.switch.current(),
+                estimates=await self.expected.current(),
             )
         except RequestError as exc:
             failure = Failure(code=exc.code, message=exc.message)

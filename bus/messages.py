@@ -377,6 +377,9 @@ class Usage(Struct, omit_defaults=True):
     ttft_ms: float | None = None
     tries: int = 1
     """Calls to the provider within this attempt (retries included)."""
+    est_input_tokens: int = 0
+    """The router's tokenizer-free estimate of the prompt, to calibrate it against
+    ``tokens.input_tokens`` (what the provider counted)."""
 
 
 # --- codecs --------------------------------------------------------------------------

@@ -235,8 +235,15 @@ async def _cost(args: argparse.Namespace, config: Config) -> int:
 async def _stats(args: argparse.Namespace, config: Config) -> int:
     since = costs.parse_since(args.since) if args.since else None
     reference = args.reference or config.ledger.reference_model
-    stats = await costs.fetch_stats(_nats_url(args, config), since, reference)
-    return _print_listing(args, stats, None, costs.render_stats(stats))
+    url = _nats_url(args, config)
+    stats = await costs.fetch_stats(url, since, reference)
+    if args.json:
+        return _print_listing(args, stats, None, "")
+    estimates = await costs.fetch_estimates(url, since)
+    text = costs.render_stats(stats)
+    if estimates.providers:
+        text += "\n\n" + costs.render_estimates(estimates)
+    return _print_listing(args, stats, None, text)
 
 
 async def _classify(args: argparse.Namespace, config: Config) -> int:

@@ -218,6 +218,9 @@ class RoutingConfig(_Section, frozen=True):
     deny: list[str] = []
     aliases: dict[str, AliasConfig | list[str]] = {}
     budget: BudgetConfig = BudgetConfig()
+    output_tokens: dict[Tier, int] = {}
+    """Expected output tokens per tier for cost estimates, until the ledger has seen
+    enough answers (defaults: simple 150, medium 500, complex 1200, reasoning 3000)."""
 
 
 class BreakerConfig(_Section, frozen=True):

@@ -18,7 +18,8 @@ import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from omnillm.actors.ledger import CostQuery, CostRow, Grouping, Stats, StatsQuery
+from omnillm.actors._ledger_db import Estimates
+from omnillm.actors.ledger import CostQuery, CostRow, Grouping, SpendQuery, Stats, StatsQuery
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import Failure
@@ -182,3 +183,16 @@ def render_stats(stats: Stats) -> str:
         lines.append((f"cost on {stats.reference_model}", _usd(stats.reference_cost_usd)))
         lines.append(("saved", _usd(stats.savings_usd)))
     return table(("", ""), lines).split("\n", 1)[1]
+
+
+async def fetch_estimates(url: str, since: float | None = None) -> Estimates:
+    """How far the router's token estimates were from the providers' counts."""
+    return await _ask(url, "estimates", SpendQuery(since=since), Estimates)
+
+
+def render_estimates(estimates: Estimates) -> str:
+    rows = [
+        (provider, f"x{e.factor:.2f}", f"{e.error:.1%}", e.samples)
+        for provider, e in sorted(estimates.providers.items())
+    ]
+    return table(("input estimate", "real/estimated", "mean error", "answers"), rows)

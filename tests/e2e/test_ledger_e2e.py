@@ -141,6 +141,9 @@ async def test_omni_cost_and_stats_against_a_running_router(
         table = await anyio.run_process(
             [*OMNI, "cost", "--nats-url", url], cwd=tmp_path, check=False
         )
+        readable = await anyio.run_process(
+            [*OMNI, "stats", "--nats-url", url], cwd=tmp_path, check=False
+        )
     spent = sum(a.cost_usd for a in answers)
     [row] = by_model
     assert (row["group"], row["requests"]) == ("mock/mock-small", 5)
@@ -149,3 +152,5 @@ async def test_omni_cost_and_stats_against_a_running_router(
     assert stats["savings_usd"] == pytest.approx(stats["reference_cost_usd"] - spent, abs=1e-9)
     assert stats["savings_usd"] > 0  # the large model costs ten times as much
     assert "mock" in table.stdout.decode()
+    shown = readable.stdout.decode()
+    assert "real/estimated" in shown and "mock" in shown  # the estimate's error is reported

@@ -316,3 +316,31 @@ def test_the_stats_table_shows_shares_percentiles_and_savings(store: LedgerStore
     assert values["cost"] == "$0.1462"
     assert values["cost on openai/gpt-5.5"] == "$3.2150"
     assert values["saved"] == "$3.0688"
+
+
+def test_estimates_calibrate_the_input_guess_per_provider_and_learn_output_per_tier() -> None:
+    from omnillm.actors._ledger_db import LedgerStore as Store
+
+    store = Store(":memory:")
+    rows = []
+    for i in range(4):
+        usage = Usage(
+            f"e{i}",
+            1,
+            "openai",
+            "openai/gpt-4.1-mini",
+            "ok",
+            tier="simple",
+            tokens=TokenUsage(input_tokens=120, output_tokens=100 + 20 * i),
+        )
+        usage.est_input_tokens = 100  # the router guessed 100; the provider counted 120
+        rows.append((usage, 1000.0 + i))
+    failed = Usage("e9", 1, "openai", "openai/gpt-4.1-mini", "error", tier="simple")
+    failed.est_input_tokens = 100
+    rows.append((failed, 1010.0))
+    store.record(rows)
+    found = store.estimates()
+    assert found.providers["openai"].factor == 1.2
+    assert found.providers["openai"].error == pytest.approx(20 / 120, abs=1e-4)
+    assert found.providers["openai"].samples == 4  # the failed attempt says nothing
+    assert (found.tiers["simple"].output_tokens, found.tiers["simple"].samples) == (130, 4)

@@ -478,3 +478,25 @@ def test_the_route_names_what_was_skipped_and_why() -> None:
     assert "acme/eyes" in [c.model for c in decision.candidates]
     assert "acme/brain" not in [c.model for c in decision.candidates]
     assert "acme/brain does not support vision" in decision.skipped
+
+
+def test_estimated_cost_uses_the_ledgers_calibration_once_it_has_enough_answers() -> None:
+    from omnillm.actors._ledger_db import Estimates, InputEstimate, OutputExpectation
+    from omnillm.actors.planner import route
+
+    settings = _aliases_settings()
+    request = _ask("acme/tiny")
+    classified = classify(request)
+    plain = route(request, classified, settings).candidates[0].est_cost_usd
+    learned = Estimates(
+        providers={"acme": InputEstimate(factor=2.0, error=0.1, samples=50)},
+        tiers={classified.tier: OutputExpectation(output_tokens=1000, samples=50)},
+    )
+    calibrated = route(request, classified, settings, estimates=learned).candidates[0]
+    expected = (classified.input_tokens * 2 * 0.1 + 1000 * 0.2) / 1e6
+    assert calibrated.est_cost_usd == pytest.approx(expected, abs=1e-9)
+    assert calibrated.est_cost_usd != plain
+    thin = Estimates(providers={"acme": InputEstimate(factor=2.0, error=0.1, samples=3)})
+    assert route(request, classified, settings, estimates=thin).candidates[0].est_cost_usd == (
+        pytest.approx(plain)
+    )

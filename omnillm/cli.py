@@ -29,6 +29,7 @@ import msgspec
 from omnillm import costs, listings
 from omnillm.actors._ledger_db import GROUPINGS
 from omnillm.actors.admin import ModelRow, ProviderRow
+from omnillm.bus.connection import RID_HEADER, Bus
 from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Reset, Start
 from omnillm.client import DEFAULT_NATS_URL, Client, to_request
 from omnillm.config import Config, load_config, resolve
@@ -80,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--request-id", dest="rid", help="only this request's messages")
     tap.add_argument("--json", action="store_true", help="one JSON object per line")
     tap.add_argument("--nats-url", help="default: as for chat")
+    tap.add_argument(
+        "--replay",
+        action="store_true",
+        help="print what the audit stream kept (audit.stream: true), then exit",
+    )
+    tap.add_argument("--since", help="with --replay: 2026-11-01, 24h, 7d or a unix time")
 
     cost = commands.add_parser("cost", help="what requests cost, from the ledger")
     cost.add_argument("--by", choices=GROUPINGS, default="provider")
@@ -287,12 +294,40 @@ async def _tap(args: argparse.Namespace, config: Config) -> int:
     from omnillm.tap import tap
 
     url = _nats_url(args, config)
+    if args.replay:
+        return await _replay(url, args)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_cancel_on_signal, tg.cancel_scope)
         await tg.start(partial(tap, url, args.subject, rid=args.rid, as_json=args.json))
         print(
             f"tapping {', '.join(args.subject)} on {url}; Ctrl-C stops", file=sys.stderr, flush=True
         )
+    return 0
+
+
+async def _replay(url: str, args: argparse.Namespace) -> int:
+    from omnillm.bus.audit import replay_audit
+    from omnillm.tap import render, summarize
+
+    since = costs.parse_since(args.since) if args.since else None
+    bus = await Bus.connect(url, name="omnillm-tap", connect_wait_s=2.0)
+    try:
+        async for msg in replay_audit(bus, since):
+            rid = (msg.headers or {}).get(RID_HEADER)
+            if args.rid and rid != args.rid:
+                continue
+            summary = summarize(msg.subject, msg.headers, msg.data)
+            at = msg.metadata.timestamp.timestamp()
+            if args.json:
+                print(
+                    msgspec.json.encode(
+                        {"at": at, "subject": msg.subject, "rid": rid, **summary}
+                    ).decode()
+                )
+            else:
+                print(render(msg.subject, rid, summary, at))
+    finally:
+        await bus.close()
     return 0
 
 

@@ -264,6 +264,13 @@ class DedupConfig(_Section, frozen=True):
     """How long an idempotency key and its recorded answer are kept (past the longest request)."""
 
 
+class AuditConfig(_Section, frozen=True):
+    stream: bool = False
+    """Keep requests and audit events in the JetStream stream ``OMNI_AUDIT`` for replay
+    (``omni tap --replay``). Clients then get no immediate "no router" answer."""
+    max_age_s: float = 7 * 86400.0
+
+
 class LedgerConfig(_Section, frozen=True):
     path: str = ".omnillm/ledger.sqlite"
     reference_model: str | None = None
@@ -316,6 +323,7 @@ class Config(_Section, frozen=True):
     routing: RoutingConfig = RoutingConfig()
     reliability: ReliabilityConfig = ReliabilityConfig()
     dedup: DedupConfig = DedupConfig()
+    audit: AuditConfig = AuditConfig()
     ledger: LedgerConfig = LedgerConfig()
     log: LogConfig = LogConfig()
     data_dir: str = ".omnillm"

@@ -23,6 +23,7 @@ from omnillm.actors.classifier import ClassifierActor
 from omnillm.actors.ledger import LedgerActor
 from omnillm.actors.planner import PlannerActor
 from omnillm.actors.prober import ProberActor
+from omnillm.bus.audit import ensure_audit_stream
 from omnillm.bus.connection import Bus
 from omnillm.config import Settings
 from omnillm.embedded import EmbeddedNats
@@ -161,6 +162,9 @@ class Stack:
                 self.server.stop()
 
     async def _serve(self, bus: Bus, task_status: TaskStatus[str]) -> None:
+        audit = self.settings.config.audit
+        if audit.stream:
+            await ensure_audit_stream(bus, audit.max_age_s)
         boards = Boards.for_bus(bus, self.settings)
         self.actors = build_actors(bus, self.settings, self.kinds, self.providers, boards)
         async with anyio.create_task_group() as shared:

@@ -29,8 +29,9 @@ from omnillm.errors import (
     ProviderUnavailable,
     RateLimited,
 )
-from omnillm.providers.base import ParsedResponse, StreamUpdate, WireOptions
+from omnillm.providers.base import ParsedResponse, WireOptions
 from omnillm.providers.openai_responses import FAMILY
+from tests.unit._streams import Collected, collect, one_byte_at_a_time
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "responses"
 MODEL = "gpt-5.4-mini"
@@ -73,39 +74,6 @@ def text_delta(text: str) -> bytes:
 
 def completed(status: str = "completed", **response: Any) -> bytes:
     return event("response.completed", response={"status": status, "output": [], **response})
-
-
-def one_byte_at_a_time(data: bytes) -> list[bytes]:
-    return [data[i : i + 1] for i in range(len(data))]
-
-
-class Collected(msgspec.Struct):
-    """What a caller ends up with after a whole stream: the reads merged."""
-
-    text: str
-    tool_calls: dict[int, tuple[str | None, str | None, str]]
-    finish_reason: str | None
-    usage: TokenUsage | None
-    done: bool
-
-
-def collect(updates: list[StreamUpdate]) -> Collected:
-    calls: dict[int, tuple[str | None, str | None, str]] = {}
-    for update in updates:
-        for delta in update.tool_calls:
-            call_id, name, arguments = calls.get(delta.index, (None, None, ""))
-            call_id = call_id or (delta.id if isinstance(delta.id, str) else None)
-            name = name or (delta.name if isinstance(delta.name, str) else None)
-            calls[delta.index] = (call_id, name, arguments + delta.arguments)
-    finishes = [u.finish_reason for u in updates if u.finish_reason is not None]
-    usages = [u.usage for u in updates if u.usage is not None]
-    return Collected(
-        text="".join(u.text for u in updates),
-        tool_calls=calls,
-        finish_reason=finishes[-1] if finishes else None,
-        usage=usages[-1] if usages else None,
-        done=updates[-1].done,
-    )
 
 
 def stream(*reads: bytes) -> Collected:

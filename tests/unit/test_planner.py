@@ -500,3 +500,39 @@ def test_estimated_cost_uses_the_ledgers_calibration_once_it_has_enough_answers(
     assert route(request, classified, settings, estimates=thin).candidates[0].est_cost_usd == (
         pytest.approx(plain)
     )
+
+
+def test_auto_routing_on_the_shipped_catalog_does_what_a_user_expects() -> None:
+    settings = resolve(
+        Config(), env={"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k", "GEMINI_API_KEY": "k"}
+    )
+
+    def chain(request: ChatRequest) -> list[str]:
+        return [c.model for c in plan(request, classify(request), settings)]
+
+    def spec(model_id: str) -> Any:
+        found = settings.catalog.get(model_id)
+        assert found is not None
+        return found
+
+    greeting = chain(_say("hi!"))
+    live = [m for m in settings.live_models() if m.tier == "simple"]
+    cheapest = min(live, key=lambda m: m.price.input + m.price.output)
+    assert spec(greeting[0]).price.input + spec(greeting[0]).price.output == (
+        cheapest.price.input + cheapest.price.output
+    )
+    hard = chain(_say("Prove rigorously that there are infinitely many primes, step by step."))
+    assert all(spec(m).tier == "reasoning" for m in hard)
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    seeing = msgspec.convert(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, image]}]},
+        ChatRequest,
+    )
+    assert chain(seeing) and all("vision" in spec(m).capabilities for m in chain(seeing))
+    long = _say("summarise this: " + "word " * 150_000)  # ~190k estimated tokens
+    fits = chain(long)
+    assert fits and all(spec(m).context_window >= 150_000 for m in fits)
+
+
+def _say(text: str) -> ChatRequest:
+    return ChatRequest(model="auto", messages=[Message(role="user", content=text)])

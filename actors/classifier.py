@@ -239,6 +239,15 @@ def classify(request: ChatRequest, config: ClassifierConfig = DEFAULT) -> Classi
     )
 
 
+def _key_of(request: ChatRequest) -> str:
+    """The gateway key's name the gateway tagged the request with (``key:<name>``), for
+    the ledger and budgets. NATS permissions keep other clients from publishing tags."""
+    metadata = request.metadata
+    if isinstance(metadata, msgspec.UnsetType):
+        return ""
+    return next((tag[4:] for tag in metadata.tags if tag.startswith("key:")), "")
+
+
 def request_id(msg: Msg) -> str:
     """The client's request id when it sent a usable one, else a new one."""
     rid = (msg.headers or {}).get(RID_HEADER, "")
@@ -340,6 +349,7 @@ class ClassifierActor(Actor):
             deadline=now + min(timeout or self.request_timeout_s, self.request_timeout_s),
             classified=classify(request, self.config),
             created_at=now,
+            key=_key_of(request),
         )
 
     async def _forward(self, envelope: CallEnvelope) -> None:

@@ -164,6 +164,7 @@ def main() -> None:
         )
         (work / "omnillm.yaml").write_text(
             f"nats: {{embedded: {{port: 0, data_dir: {work / 'nats'}}}}}\n"
+            "gateway: {port: 0}\n"
             f"log: {{level: warning}}\n"
             f"providers: {{mock: {{family: openai, base_url: '{mock_url}', api_key: none}}}}\n"
             "models: [{id: mock/mock-small, tier: simple, price: {input: 0.05, output: 0.2}}]\n"

@@ -159,7 +159,9 @@ async def _serve_until_signal(stack: Stack, announce: str) -> None:
     async with anyio.create_task_group() as tg:
         url = await tg.start(stack.run)
         metrics = f" Metrics: http://{stack.metrics_host}:{stack.metrics_port}/metrics."
-        print(announce.format(url=url) + (metrics if stack.metrics_port else ""), flush=True)
+        gateway = f" OpenAI-compatible API: {stack.gateway_url}." if stack.gateway_url else ""
+        line = announce.format(url=url) + gateway + (metrics if stack.metrics_port else "")
+        print(line, flush=True)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("%s: draining and stopping", signal.Signals(signum).name)
@@ -423,6 +425,7 @@ async def _demo(args: argparse.Namespace, config: Config) -> int:
                 ledger=msgspec.structs.replace(
                     settings.config.ledger, path=str(Path(data) / "ledger.sqlite")
                 ),
+                gateway=msgspec.structs.replace(settings.config.gateway, port=0),
             )
             settings = resolve(config, env={})
             stack = Stack(settings, embedded_port=0, data_dir=Path(data) / "nats")

@@ -9,6 +9,7 @@ is left running.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -20,6 +21,7 @@ from omnillm.actors._boards import Boards
 from omnillm.actors.admin import AdminActor
 from omnillm.actors.caller import CallerActor
 from omnillm.actors.classifier import ClassifierActor
+from omnillm.actors.gateway import GatewayActor
 from omnillm.actors.ledger import LedgerActor
 from omnillm.actors.planner import PlannerActor
 from omnillm.actors.prober import ProberActor
@@ -35,7 +37,7 @@ __all__ = ["ACTOR_KINDS", "Stack", "build_actors"]
 
 log = logging.getLogger("omnillm.supervisor")
 
-ACTOR_KINDS: Final = ("classifier", "planner", "caller", "admin", "prober", "ledger")
+ACTOR_KINDS: Final = ("classifier", "planner", "caller", "admin", "prober", "ledger", "gateway")
 
 
 class Service(Protocol):
@@ -43,7 +45,7 @@ class Service(Protocol):
 
     name: str
 
-    async def run(self, *, task_status: TaskStatus[None] = ...) -> None: ...
+    async def run(self, *, task_status: TaskStatus[Any] = ...) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -63,6 +65,13 @@ def _classifier(bus: Bus, **options: Any) -> ClassifierActor:
         return ClassifierActor(bus, **options)
     except ValueError as exc:  # an unknown feature name in classifier.weights
         raise ConfigError(str(exc)) from exc
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def build_actors(
@@ -90,6 +99,14 @@ def build_actors(
         actors.append(AdminActor(bus, settings, boards.health, boards.breakers))
     if "prober" in kinds:
         actors.append(ProberActor(bus, settings, providers, boards=boards))
+    if "gateway" in kinds:
+        gateway = settings.config.gateway
+        if not gateway.keys and not _loopback(gateway.host):
+            raise ConfigError(
+                f"gateway.host {gateway.host!r} is reachable from other machines but no "
+                "gateway.keys are configured: add keys, or keep the default 127.0.0.1"
+            )
+        actors.append(GatewayActor(bus, settings, host=gateway.host, port=gateway.port))
     if "ledger" in kinds:
         reference = settings.config.ledger.reference_model
         actors.append(LedgerActor(bus, settings, reference_model=reference))
@@ -129,6 +146,14 @@ class Stack:
             )
         self.actors: list[Service] = []
         self._stop = anyio.Event()
+
+    @property
+    def gateway_url(self) -> str | None:
+        """Where the OpenAI-compatible API listens, once started."""
+        for actor in self.actors:
+            if isinstance(actor, GatewayActor) and actor.port:
+                return f"http://{actor.host}:{actor.port}/v1"
+        return None
 
     @property
     def embedded(self) -> bool:

@@ -58,6 +58,7 @@ def without_keys() -> dict[str, str]:
 def write_config(directory: Path, data_dir: Path, mock: MockProvider) -> None:
     (directory / "omnillm.yaml").write_text(
         f"nats:\n  embedded: {{port: 0, data_dir: {data_dir}}}\n"
+        "gateway: {port: 0}\n"
         f"providers:\n"
         f"  mock: {{family: openai, base_url: '{mock.base_url}', api_key: none}}\n"
         f"models:\n"

@@ -42,6 +42,7 @@ def config_for(provider: str, model: str, mock: MockProvider, data_dir: Path) ->
     path = FAMILIES[provider][0]
     return (
         f"nats: {{embedded: {{port: 0, data_dir: {data_dir}}}}}\n"
+        "gateway: {port: 0}\n"
         f"log: {{level: debug}}\n"
         f"providers: {{{provider}: {{base_url: 'http://127.0.0.1:{mock.port}{path}'}}}}\n"
         f"models: [{{id: {provider}/{model}, tier: simple, capabilities: [tools],"
@@ -141,6 +142,7 @@ async def test_a_refused_free_tier_falls_back_and_omni_providers_says_so(tmp_pat
         mock.settings.free_tier_refused = True
         (tmp_path / "omnillm.yaml").write_text(
             f"nats: {{embedded: {{port: 0, data_dir: {tmp_path / 'd'}}}}}\n"
+            "gateway: {port: 0}\n"
             "reliability: {probe_interval_s: 0}\n"  # the user's request meets the refusal
             f"providers:\n"
             f"  opencode: {{base_url: 'http://127.0.0.1:{mock.port}/zen/v1', api_key: public}}\n"

@@ -117,7 +117,8 @@ async def test_omni_cost_and_stats_against_a_running_router(
 ) -> None:
     write_config(tmp_path, mock_provider)
     (tmp_path / "omnillm.yaml").write_text(
-        (tmp_path / "omnillm.yaml").read_text() + "nats: {embedded: {port: 0}}\n"
+        (tmp_path / "omnillm.yaml").read_text()
+        + "nats: {embedded: {port: 0}}\ngateway: {port: 0}\n"
     )
     from tests.e2e.test_families import omni_up
 

@@ -1,0 +1,207 @@
+"""OpenAI chat-completions requests and errors, translated without I/O.
+
+The gateway speaks the OpenAI wire format to HTTP clients (OpenClaw, the OpenAI SDKs)
+and ``ChatRequest``/frames to the bus. This module does the inbound half:
+
+- :func:`parse_chat`: an OpenAI request body (``max_completion_tokens`` or
+  ``max_tokens``, string or array content, tools, images, ``stop``, ``user``) into a
+  ``ChatRequest``, with the gateway key's name as the tag ``key:<name>`` and a
+  stable session id when the client sent none;
+- :func:`error_status` and :func:`error_body`: an OmniLLM error code into the HTTP
+  status and the ``{"error": {...}}`` JSON OpenAI clients understand;
+- :func:`models_body`: ``GET /v1/models`` in OpenAI's list format.
+
+Unsupported OpenAI parameters (``top_p``, ``presence_penalty``, ``seed``…) are
+ignored, as most OpenAI-compatible servers do; ``n`` above 1 is refused, because
+one answer is all a route gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import msgspec
+
+from omnillm.bus.messages import ChatRequest, Metadata
+from omnillm.client import to_request
+from omnillm.errors import InvalidRequest
+
+__all__ = [
+    "BUILTIN_ALIASES",
+    "KEY_TAG",
+    "ParsedChat",
+    "error_body",
+    "error_status",
+    "models_body",
+    "parse_chat",
+    "session_id",
+]
+
+KEY_TAG: Final = "key:"
+"""``metadata.tags`` entry naming the gateway key: ``key:<name>``."""
+BUILTIN_ALIASES: Final = ("auto", "fast", "cheap", "smart", "free", "vision")
+
+_PASSED: Final = ("messages", "model", "tools", "tool_choice", "temperature", "stop", "route")
+"""Fields copied as they are; msgspec validates them against ``ChatRequest``."""
+
+
+class ParsedChat(msgspec.Struct, frozen=True):
+    request: ChatRequest
+    stream: bool = False
+    include_usage: bool = False
+
+
+def parse_chat(
+    body: bytes, *, key_name: str | None = None, idempotency_key: str | None = None
+) -> ParsedChat:
+    """The ``ChatRequest`` an OpenAI request body stands for; ``InvalidRequest`` names
+    the field that is wrong."""
+    raw = _object(body)
+    if raw.get("n", 1) not in (1, None):
+        raise InvalidRequest("n: only one choice per request is supported")
+    fields = {name: raw[name] for name in _PASSED if raw.get(name) is not None}
+    if "messages" in fields:
+        fields["messages"] = _messages(fields["messages"])
+    max_tokens = raw.get("max_completion_tokens", raw.get("max_tokens"))
+    if max_tokens is not None:
+        fields["max_tokens"] = max_tokens
+    if idempotency_key:
+        fields["idempotency_key"] = idempotency_key
+    request = to_request(fields)
+    request.metadata = _metadata(raw, request, key_name)
+    return ParsedChat(request, _flag(raw, "stream"), _include_usage(raw))
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    try:
+        raw = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return raw
+
+
+def _flag(raw: Mapping[str, Any], name: str) -> bool:
+    value = raw.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name}: expected true or false")
+    return value
+
+
+def _include_usage(raw: Mapping[str, Any]) -> bool:
+    options = raw.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise InvalidRequest("stream_options: expected an object")
+    return _flag(options, "include_usage")
+
+
+def _messages(messages: object) -> object:
+    """Image parts given as a bare URL string become ``{"url": ...}``; the rest is
+    validated as it is."""
+    if not isinstance(messages, list):
+        return messages
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and isinstance(part.get("image_url"), str):
+                part["image_url"] = {"url": part["image_url"]}
+    return messages
+
+
+def _metadata(raw: Mapping[str, Any], request: ChatRequest, key_name: str | None) -> Metadata:
+    given = raw.get("metadata")
+    given = given if isinstance(given, dict) else {}
+    metadata = Metadata()
+    user = raw.get("user", given.get("user"))
+    if isinstance(user, str) and user:
+        metadata.user = user
+    session = given.get("session")
+    metadata.session = session if isinstance(session, str) and session else session_id(request)
+    if key_name is not None:
+        metadata.tags = [f"{KEY_TAG}{key_name}"]
+    return metadata
+
+
+def session_id(request: ChatRequest) -> str:
+    """A conversation's stable id: a hash of its first user message.
+
+    OpenClaw sends no session id, but every turn of a conversation repeats its first
+    user message, so the hash is the same for every turn and differs between
+    conversations. The system prompt is left out: it is shared by every session.
+    """
+    first = next((m for m in request.messages if m.role == "user"), request.messages[0])
+    content = msgspec.json.encode(first.content)
+    return "h-" + hashlib.sha256(content).hexdigest()[:32]
+
+
+# --- errors --------------------------------------------------------------------------
+
+_STATUS: Final[dict[str, int]] = {
+    "invalid_request": 400,
+    "bad_request": 400,
+    "no_candidates": 400,
+    "content_policy": 400,
+    "context_length_exceeded": 400,
+    "invalid_api_key": 401,
+    "model_not_allowed": 403,
+    "unknown_model": 404,
+    "not_found": 404,
+    "request_too_large": 413,
+    "budget_exceeded": 429,
+    "rate_limited": 429,
+    "internal": 500,
+    "no_router": 503,
+    "no_caller": 503,
+    "busy": 503,
+    "circuit_open": 503,
+    "routing_error": 503,
+    "deadline_exceeded": 504,
+    "provider_timeout": 504,
+    "first_frame_timeout": 504,
+    "stream_stalled": 504,
+    "dedup_timeout": 504,
+}
+"""Any other code is an upstream or stream failure: 502."""
+
+_TYPES: Final[dict[int, str]] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_PARAMS: Final[dict[str, str]] = {"unknown_model": "model", "model_not_allowed": "model"}
+
+
+def error_status(code: str) -> int:
+    return _STATUS.get(code, 502)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """OpenAI's error JSON; ``code`` is OmniLLM's error code (see the README)."""
+    status = error_status(code)
+    kind = "insufficient_quota" if code == "budget_exceeded" else _TYPES.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": _PARAMS.get(code), "code": code}}
+
+
+# --- models --------------------------------------------------------------------------
+
+
+def models_body(rows: Iterable[tuple[str, str]], created: int = 0) -> dict[str, Any]:
+    """OpenAI's model list from ``(id, owner)`` rows, each id once, in order."""
+    seen: dict[str, str] = {}
+    for model_id, owner in rows:
+        seen.setdefault(model_id, owner)
+    data = [
+        {"id": model_id, "object": "model", "created": created, "owned_by": owner}
+        for model_id, owner in seen.items()
+    ]
+    return {"object": "list", "data": data}

@@ -1,0 +1,340 @@
+"""The OpenAI-compatible HTTP gateway: ``POST /v1/chat/completions`` onto the bus.
+
+Any OpenAI client (OpenClaw, the OpenAI SDKs, curl) points its base URL at
+``http://HOST:PORT/v1``. Each request becomes one ``ChatRequest`` published through
+one shared :class:`~omnillm.client.Client`; its frames come back as OpenAI SSE chunks
+or one ``chat.completion``. Routes:
+
+- ``POST /v1/chat/completions``: streamed or not, see :mod:`._openai_render`;
+- ``GET /v1/models``: the aliases and the live catalog models, in OpenAI's list format;
+- ``GET /healthz``: 200 while the NATS connection is up, else 503.
+
+**Status first, then tokens.** A stream's ``200`` goes out with its first frame (the
+``Start`` that comes with the first token), so an error before any token is a real
+HTTP error status with OpenAI's error JSON, which clients retry or report as such. A
+``Reset`` before any token is invisible. An error after the first token is one SSE
+``{"error": ...}`` event and the end of the body, with no finish chunk and no
+``[DONE]``: a client never takes a cut answer for a whole one.
+
+**Headers.** ``x-omnillm-request-id``, ``-provider``, ``-model`` (``provider/model``),
+``-tier`` and ``-overhead-ms``: the milliseconds from the gateway receiving the
+request to the first frame arriving, so routing plus the upstream's own time to first
+token. Non-streamed answers add ``-attempts``, ``-cost-usd`` and ``-ttft-ms`` (the
+upstream's time to first token, as the caller measured it: overhead minus this is the
+router's own share).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Final
+
+import anyio
+import msgspec
+import uvicorn
+from anyio.abc import TaskStatus
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from omnillm.actors._gateway_keys import KeyRefused, KeyRing
+from omnillm.actors._openai_http import BUILTIN_ALIASES, error_body, error_status, models_body
+from omnillm.actors._openai_http import parse_chat as parse_openai_chat
+from omnillm.actors._openai_render import ChunkStream, Folded, completion_body, routed_model
+from omnillm.bus.connection import Bus
+from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Frame, Reset, Start
+from omnillm.client import Client
+from omnillm.config import GatewayKey, Settings
+from omnillm.errors import OmniLLMError, RequestTooLarge, StreamError, from_code
+
+__all__ = ["GatewayActor"]
+
+log = logging.getLogger("omnillm.gateway")
+
+_JSON: Final = "application/json"
+_SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_encode: Final = msgspec.json.Encoder().encode
+
+
+def error_response(code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    body = _encode(error_body(code, message))
+    return Response(body, error_status(code), headers=headers, media_type=_JSON)
+
+
+def _start_headers(rid: str, frame: Start | Done, received: float) -> dict[str, str]:
+    headers = {
+        "x-omnillm-request-id": rid,
+        "x-omnillm-provider": frame.provider,
+        "x-omnillm-model": routed_model(frame.provider, frame.model),
+        "x-omnillm-overhead-ms": f"{(time.perf_counter() - received) * 1000:.1f}",
+    }
+    if isinstance(frame, Start) and frame.tier:
+        headers["x-omnillm-tier"] = frame.tier
+    return headers
+
+
+class _Exchange:
+    """One request's frames: the frames up to the first ``Start`` (or the end) are read
+    before any byte of the response is chosen."""
+
+    def __init__(self, frames: AsyncGenerator[Frame, None], received: float) -> None:
+        self.frames = frames
+        self.received = received
+        self.rid = ""
+
+    async def first(self) -> Start | Done:
+        """The first frame that opens the answer; raises the error that came instead."""
+        async for frame in self.frames:
+            self.rid = frame.rid
+            match frame:
+                case Start() | Done():
+                    return frame
+                case Error():
+                    raise from_code(frame.code, frame.message, provider=frame.provider)
+                case _:  # a Reset before any token; a Delta cannot come before Start
+                    continue
+        raise StreamError("the stream ended without an answer")
+
+
+class GatewayActor:
+    """Serves the OpenAI HTTP API on ``host:port`` (0: a free port) until ``stop()``."""
+
+    name = "gateway"
+
+    def __init__(
+        self,
+        bus: Bus,
+        settings: Settings,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4000,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.host = host
+        self.port = port
+        self.keys = KeyRing(settings.config.gateway.keys, env)
+        self.max_request_bytes = settings.config.reliability.max_request_bytes
+        self._client: Client | None = None
+        self._server: uvicorn.Server | None = None
+        self._stopping = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``stop()``; reports the bound port once the socket listens.
+
+        ``stop()`` closes the listening socket, lets in-flight answers finish, then
+        returns; cancelling ``run`` cuts them instead.
+        """
+        sock = _listen(self.host, self.port)
+        timeout_s = self.settings.config.reliability.request_timeout_s
+        async with Client(bus=self.bus, timeout_s=timeout_s) as client:
+            self._client = client
+            config = uvicorn.Config(
+                self.app(), log_level="warning", lifespan="off", log_config=None, access_log=False
+            )
+            config.load()
+            server = self._server = uvicorn.Server(config)
+            server.lifespan = config.lifespan_class(config)
+            await server.startup(sockets=[sock])
+            self.port = int(sock.getsockname()[1])
+            server.should_exit = server.should_exit or self._stopping
+            task_status.started(self.port)
+            try:
+                await server.main_loop()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await server.shutdown(sockets=[sock])
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._server is not None:
+            self._server.should_exit = True
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+        ]
+        return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+    # --- routes -------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        received = time.perf_counter()
+        try:
+            chat, stream, include_usage = await self._parse(request)
+        except KeyRefused as exc:
+            return error_response(exc.code, exc.message)
+        except OmniLLMError as exc:
+            return error_response(exc.code, exc.message)
+        assert self._client is not None
+        exchange = _Exchange(self._client.stream(chat), received)
+        try:
+            first = await exchange.first()
+        except OmniLLMError as exc:
+            await exchange.frames.aclose()
+            return error_response(exc.code, exc.message, _rid_header(exchange.rid))
+        if stream:
+            return _streamed(exchange, first, include_usage)
+        return await _whole(exchange, first)
+
+    async def _parse(self, request: Request) -> tuple[ChatRequest, bool, bool]:
+        key = self.keys.identify(request.headers.get("authorization"))
+        body = await self._body(request)
+        parsed = parse_openai_chat(
+            body,
+            key_name=key.name if key is not None else None,
+            idempotency_key=request.headers.get("idempotency-key"),
+        )
+        chat = self.keys.admit(key, parsed.request)
+        return chat, parsed.stream, parsed.include_usage
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.max_request_bytes
+        if int(request.headers.get("content-length") or 0) > limit:
+            raise RequestTooLarge(f"the request is over {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(f"the request is over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def models(self, request: Request) -> Response:
+        try:
+            key = self.keys.identify(request.headers.get("authorization"))
+        except KeyRefused as exc:
+            return error_response(exc.code, exc.message)
+        rows = [(alias, "omnillm") for alias in BUILTIN_ALIASES]
+        rows += [(alias, "omnillm") for alias in self.settings.config.routing.aliases]
+        rows += [(model.id, model.provider) for model in self.settings.live_models()]
+        rows = [row for row in rows if _visible(key, row[0])]
+        return Response(_encode(models_body(rows)), media_type=_JSON)
+
+    async def healthz(self, request: Request) -> Response:
+        up = bool(self.bus.nc.is_connected)
+        body = {"status": "ok" if up else "nats_disconnected"}
+        return Response(_encode(body), 200 if up else 503, media_type=_JSON)
+
+
+def _visible(key: GatewayKey | None, model: str) -> bool:
+    return key is None or KeyRing.allows(key, model)
+
+
+def _rid_header(rid: str) -> dict[str, str]:
+    return {"x-omnillm-request-id": rid} if rid else {}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 as OpenAI error JSON."""
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if exc.status_code == 404 else "invalid_request"
+    body = _encode(error_body(code, f"{request.method} {request.url.path}: {exc.detail}"))
+    return Response(body, exc.status_code, media_type=_JSON)
+
+
+def _streamed(exchange: _Exchange, first: Start | Done, include_usage: bool) -> Response:
+    headers = {**_start_headers(exchange.rid, first, exchange.received), **_SSE_HEADERS}
+    chunks = ChunkStream(exchange.rid, include_usage=include_usage)
+    return StreamingResponse(
+        _sse_body(exchange, chunks, first), media_type="text/event-stream", headers=headers
+    )
+
+
+async def _sse_body(
+    exchange: _Exchange, chunks: ChunkStream, first: Start | Done
+) -> AsyncIterator[bytes]:
+    """The SSE body: chunks until ``[DONE]``, or an error event and nothing after it."""
+    async with aclosing(exchange.frames) as frames:
+        if isinstance(first, Done):  # an empty answer: no token, so no Start
+            yield chunks.start(Start(first.rid, first.attempt, 0, first.provider, first.model))
+            yield chunks.done(first)
+            return
+        yield chunks.start(first)
+        try:
+            async for frame in frames:
+                out, final = _render(chunks, frame)
+                if out:
+                    yield out
+                if final:
+                    return
+        except OmniLLMError as exc:
+            yield chunks.error(exc.code, exc.message)
+            return
+        yield chunks.error("stream_error", "the stream ended without a final frame")
+
+
+def _render(chunks: ChunkStream, frame: Frame) -> tuple[bytes, bool]:
+    """A frame's chunk bytes, and whether the body ends with them."""
+    match frame:
+        case Start():
+            return chunks.start(frame), False
+        case Delta():
+            return chunks.delta(frame), False
+        case Done():
+            return chunks.done(frame), True
+        case Error():
+            return chunks.error(frame.code, frame.message), True
+        case Reset():  # text already went out: it cannot be taken back
+            return chunks.error("stream_error", f"the answer was reset: {frame.reason}"), True
+    return b"", False
+
+
+async def _whole(exchange: _Exchange, first: Start | Done) -> Response:
+    """Every frame folded into one ``chat.completion``; any error is the response."""
+    folded = Folded()
+    done = first if isinstance(first, Done) else None
+    try:
+        async with aclosing(exchange.frames) as frames:
+            async for frame in frames:
+                match frame:
+                    case Delta():
+                        folded.add(frame)
+                    case Reset():
+                        folded.clear()
+                    case Done():
+                        done = frame
+                    case Error():
+                        raise from_code(frame.code, frame.message, provider=frame.provider)
+    except OmniLLMError as exc:
+        return error_response(exc.code, exc.message, _rid_header(exchange.rid))
+    if done is None:
+        return error_response("stream_error", "the stream ended without a final frame")
+    headers = {
+        **_start_headers(exchange.rid, first, exchange.received),
+        "x-omnillm-provider": done.provider,
+        "x-omnillm-model": routed_model(done.provider, done.model),
+        "x-omnillm-attempts": str(done.attempts),
+        "x-omnillm-cost-usd": f"{done.cost_usd:.10f}",
+    }
+    if done.ttft_ms is not None:
+        headers["x-omnillm-ttft-ms"] = f"{done.ttft_ms:.1f}"
+    body = completion_body(exchange.rid, folded, done)
+    return Response(body, headers=headers, media_type=_JSON)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so a taken port is an ``OSError`` to the caller
+    (uvicorn would exit the process)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock

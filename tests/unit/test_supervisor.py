@@ -1,0 +1,32 @@
+"""What the supervisor refuses to start."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from omnillm.config import Config, resolve
+from omnillm.errors import ConfigError
+from omnillm.supervisor import _loopback, build_actors
+
+
+def test_a_gateway_open_to_the_network_needs_keys() -> None:
+    settings = resolve(msgspec.convert({"gateway": {"host": "0.0.0.0"}}, Config), env={})
+    with pytest.raises(
+        ConfigError, match=r"gateway.host '0.0.0.0' is reachable .* no gateway.keys"
+    ):
+        build_actors(None, settings, ("gateway",), [], None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("10.1.2.3", False),
+    ],
+)
+def test_loopback_hosts_are_recognised(host: str, loopback: bool) -> None:
+    assert _loopback(host) is loopback

@@ -96,7 +96,8 @@ async def dispatch(
 
 
 BUSY_RETRIES: Final = 2
-"""Offers to the same candidate after a Busy: the queue group may pick another instance."""
+"""Offers to the same candidate after a Busy or no answer: the queue group may pick
+another instance (a busy one, or one that died with the offer in hand)."""
 
 
 async def _offer(bus: Bus, envelope: CallEnvelope, wait_s: float) -> Outcome:
@@ -105,7 +106,7 @@ async def _offer(bus: Bus, envelope: CallEnvelope, wait_s: float) -> Outcome:
     outcome = Outcome.BUSY
     for _ in range(1 + BUSY_RETRIES):
         outcome = await hand_off(bus, subject, payload, rid=envelope.rid, wait_s=wait_s)
-        if outcome is not Outcome.BUSY:
+        if outcome not in (Outcome.BUSY, Outcome.TIMEOUT):
             break
     return outcome
 

@@ -145,8 +145,10 @@ async def test_a_caller_killed_mid_run_leaves_no_request_hanging(
     kinds = {outcome.split(" ")[0] for outcome in outcomes.values()}
     assert kinds <= {"answer", "error"}, outcomes  # never short, never ended without Done
     answered = sum(outcome == "answer" for outcome in outcomes.values())
-    lost = {o for o in outcomes.values() if o != "answer"}
-    assert lost <= {"error stream_stalled", "error first_frame_timeout"}, lost
+    lost = {o.split(":")[0] for o in outcomes.values() if o != "answer"}
+    # A clear error: the stream went silent, or the dying caller took the offer with it
+    # and no other candidate had a caller.
+    assert lost <= {"error stream_stalled", "error first_frame_timeout", "error no_caller"}, lost
     assert answered >= 30  # the surviving caller's share at least
     assert took < 3 * silence_s + 1  # the lost ones noticed within their silence limits
 

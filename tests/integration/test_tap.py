@@ -56,9 +56,14 @@ class Lines(io.StringIO):
         return self.getvalue().splitlines()
 
     async def until(self, count: int) -> list[str]:
-        with anyio.fail_after(WAIT_S):
-            while len(self.lines()) < count:
-                await self._changed.wait()
+        try:
+            with anyio.fail_after(WAIT_S):
+                while len(self.lines()) < count:
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"waited {WAIT_S}s for {count} lines; got {self.getvalue()!r}"
+            ) from None
         return self.lines()
 
 

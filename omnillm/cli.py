@@ -161,6 +161,7 @@ async def _serve_until_signal(stack: Stack, announce: str) -> None:
         metrics = f" Metrics: http://{stack.metrics_host}:{stack.metrics_port}/metrics."
         gateway = f" OpenAI-compatible API: {stack.gateway_url}." if stack.gateway_url else ""
         line = announce.format(url=url) + gateway + (metrics if stack.metrics_port else "")
+        line += " Ctrl-C stops."
         print(line, flush=True)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
@@ -176,7 +177,7 @@ def _describe(stack: Stack) -> str:
         "none (set a provider's API key, see `omni providers`, or try `omni demo`)"
     )
     note = f" (not served yet: {', '.join(skipped)})" if skipped else ""
-    return f"OmniLLM up: NATS {{url}} ({where}); providers: {live}{note}. Ctrl-C stops."
+    return f"OmniLLM up: NATS {{url}} ({where}); providers: {live}{note}."
 
 
 async def _up(args: argparse.Namespace, config: Config) -> int:
@@ -203,7 +204,7 @@ async def _actor(args: argparse.Namespace, config: Config) -> int:
         metrics_port=args.metrics_port,
     )
     label = args.kind + (f" ({', '.join(providers)})" if args.kind == "caller" else "")
-    await _serve_until_signal(stack, f"OmniLLM actor {label} on NATS {{url}}. Ctrl-C stops.")
+    await _serve_until_signal(stack, f"OmniLLM actor {label} on NATS {{url}}.")
     return 0
 
 

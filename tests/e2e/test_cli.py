@@ -240,7 +240,9 @@ async def test_omni_up_serves_metrics_and_omni_tap_shows_the_traffic(
         with anyio.fail_after(30):
             line = await anext(read_lines(process))
         url = line.split("NATS ", 1)[1].split(" ", 1)[0]
-        metrics_url = line.split("Metrics: ", 1)[1].rstrip(".")
+        found = re.search(r"Metrics: (http://\S+/metrics)\.", line)
+        assert found, line
+        metrics_url = found.group(1)
         tap = await anyio.open_process(
             [*OMNI, "tap", "--nats-url", url], cwd=tmp_path, env=without_keys()
         )

@@ -37,6 +37,8 @@ import anyio
 import msgspec
 import uvicorn
 from anyio.abc import TaskStatus
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -47,6 +49,7 @@ from omnillm.actors._gateway_keys import KeyRefused, KeyRing
 from omnillm.actors._openai_http import BUILTIN_ALIASES, error_body, error_status, models_body
 from omnillm.actors._openai_http import parse_chat as parse_openai_chat
 from omnillm.actors._openai_render import ChunkStream, Folded, completion_body, routed_model
+from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Frame, Reset, Start
 from omnillm.client import Client
@@ -164,6 +167,7 @@ class GatewayActor:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/v1/admin/{what}", self.admin, methods=["GET", "POST"]),
         ]
         return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 
@@ -223,10 +227,42 @@ class GatewayActor:
         rows = [row for row in rows if _visible(key, row[0])]
         return Response(_encode(models_body(rows)), media_type=_JSON)
 
+    async def admin(self, request: Request) -> Response:
+        """``/v1/admin/<what>``: the ``omni.v1.admin.<what>`` answer, for tools that speak
+        HTTP (the OpenClaw plugin). GET takes the query string (``?by=model&since=...``),
+        POST a JSON body; both become the NATS request's JSON."""
+        try:
+            self.keys.identify(request.headers.get("authorization"))
+        except KeyRefused as exc:
+            return error_response(exc.code, exc.message)
+        what = request.path_params["what"]
+        if what not in ADMIN_ROUTES:
+            return error_response("not_found", f"no admin route {what!r}")
+        body = await request.body() if request.method == "POST" else _query_json(request)
+        try:
+            reply = await self.bus.nc.request(subjects.admin(what), body or b"{}", timeout=2.0)
+        except (NoRespondersError, NatsTimeoutError):
+            return error_response("no_router", f"nothing answers {subjects.admin(what)}")
+        return Response(reply.data, media_type=_JSON)
+
     async def healthz(self, request: Request) -> Response:
         up = bool(self.bus.nc.is_connected)
         body = {"status": "ok" if up else "nats_disconnected"}
         return Response(_encode(body), 200 if up else 503, media_type=_JSON)
+
+
+ADMIN_ROUTES: Final = frozenset({"providers", "models", "switch", "cost", "stats"})
+
+
+def _query_json(request: Request) -> bytes:
+    """``?by=model&since=1700000000`` as ``{"by": "model", "since": 1700000000.0}``."""
+    query: dict[str, object] = {}
+    for name, value in request.query_params.items():
+        try:
+            query[name] = float(value)
+        except ValueError:
+            query[name] = value
+    return _encode(query)
 
 
 def _visible(key: GatewayKey | None, model: str) -> bool:

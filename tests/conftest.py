@@ -44,8 +44,9 @@ def mock_settings(provider: MockProvider, **overrides: Any) -> Settings:
     return resolve(mock_config(provider.base_url, reliability=reliability, **overrides), env={})
 
 
-SERVING: tuple[str, ...] = tuple(kind for kind in ACTOR_KINDS if kind != "ledger")
-"""Every actor but the ledger, which writes a SQLite file: tests that want it ask."""
+SERVING: tuple[str, ...] = tuple(kind for kind in ACTOR_KINDS if kind not in ("ledger", "gateway"))
+"""Every actor but the ledger (it writes a SQLite file) and the gateway (it takes a TCP
+port): tests that want them ask."""
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -367,3 +368,20 @@ async def test_stop_lets_an_answer_in_flight_finish_and_refuses_new_connections(
 
     assert "".join(parts) == expected_text(prompt)
     assert finish == "stop"
+
+
+async def test_admin_routes_mirror_the_bus_for_http_tools(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    settings = mock_settings(mock_provider)
+    async with running(settings, nats_server.url):
+        async with serving(settings, nats_server.url) as port:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                providers = (await http.get("/v1/admin/providers")).json()
+                models = (await http.get("/v1/admin/models")).json()
+                switched = (await http.post("/v1/admin/switch", json={"provider": "mock"})).json()
+                unknown = await http.get("/v1/admin/nothing")
+    assert {row["name"]: row["state"] for row in providers}["mock"] == "live"
+    assert "mock/mock-small" in {row["id"] for row in models}
+    assert switched["provider"] == "mock"
+    assert unknown.status_code == 404

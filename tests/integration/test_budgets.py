@@ -14,9 +14,8 @@ from omnillm.bus.messages import Start
 from omnillm.costs import fetch_stats
 from omnillm.embedded import EmbeddedNats
 from omnillm.errors import BudgetExceeded
-from omnillm.supervisor import ACTOR_KINDS
 from omnillm.testing.mock_provider import MockProvider
-from tests.conftest import client_for, mock_settings, running
+from tests.conftest import SERVING, client_for, mock_settings, running
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +46,7 @@ async def test_over_a_refusing_budget_the_next_request_is_refused_with_the_reaso
 ) -> None:
     settings = budgeted(mock_provider, tmp_path, "refuse")
     ask = {"messages": [{"role": "user", "content": "hello"}]}
-    async with running(settings, nats_server.url, kinds=ACTOR_KINDS):
+    async with running(settings, nats_server.url, kinds=(*SERVING, "ledger")):
         async with client_for(nats_server.url) as client:
             first = await client.complete(ask)
             await spent_once(nats_server.url)
@@ -62,7 +61,7 @@ async def test_over_a_downgrading_budget_a_hard_request_goes_to_the_cheapest_mod
 ) -> None:
     settings = budgeted(mock_provider, tmp_path, "downgrade")
     hard = {"messages": [{"role": "user", "content": HARD}]}
-    async with running(settings, nats_server.url, kinds=ACTOR_KINDS):
+    async with running(settings, nats_server.url, kinds=(*SERVING, "ledger")):
         async with client_for(nats_server.url) as client:
             before = [f async for f in client.stream(hard)]
             await spent_once(nats_server.url)

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo lint format typecheck bench clean
+.PHONY: run test demo lint format typecheck bench clean test-openclaw
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -37,6 +37,10 @@ typecheck: $(STAMP)
 	@for d in actors bus providers; do ln -s ../../$$d .typecheck/omnillm/$$d; done
 	@ln -s ../tests .typecheck/tests && ln -s ../bench .typecheck/bench && ln -s ../eval .typecheck/eval
 	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p omnillm -p tests -p bench -p eval
+
+# The OpenClaw plugin's own tests (Node.js and npm; kept out of `make test`).
+test-openclaw:
+	cd integrations/openclaw && npm install --no-audit --no-fund && npm test
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.overhead

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import anyio
 import msgspec
 
-from omnillm import costs, listings
+from omnillm import costs, listings, openclaw
 from omnillm.actors._ledger_db import GROUPINGS
 from omnillm.actors.admin import ModelRow, ProviderRow
 from omnillm.bus.connection import RID_HEADER, Bus
@@ -88,6 +88,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     tap.add_argument("--since", help="with --replay: 2026-11-01, 24h, 7d or a unix time")
 
+    claw = commands.add_parser("openclaw", help="add OmniLLM to OpenClaw's models, or remove it")
+    claw_commands = claw.add_subparsers(dest="openclaw_command", required=True)
+    claw_install = claw_commands.add_parser("install", help="add provider 'omnillm' and its models")
+    claw_uninstall = claw_commands.add_parser("uninstall", help="remove what install added")
+    for sub in (claw_install, claw_uninstall):
+        sub.add_argument(
+            "--config-path",
+            type=Path,
+            help="default: OPENCLAW_CONFIG_PATH, $OPENCLAW_STATE_DIR/openclaw.json, "
+            "~/.openclaw/openclaw.json",
+        )
+        sub.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    claw_install.add_argument(
+        "--set-default", action="store_true", help="make omnillm/auto OpenClaw's default model"
+    )
+    claw_install.add_argument(
+        "--api-key-env",
+        help="variable OpenClaw takes the gateway key from (default with gateway.keys: "
+        "the key's key_env, else OMNILLM_API_KEY)",
+    )
+
     cost = commands.add_parser("cost", help="what requests cost, from the ledger")
     cost.add_argument("--by", choices=GROUPINGS, default="provider")
     cost.add_argument("--since", help="2026-11-01, 24h, 7d or a unix time")
@@ -138,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tap": _tap,
             "classify": _classify,
             "cost": _cost,
+            "openclaw": _openclaw,
             "stats": _stats,
         }[args.command]
         return anyio.run(handler, args, config)
@@ -233,6 +255,22 @@ def _print_listing(args: argparse.Namespace, rows: Any, note: str | None, text: 
         print(text)
     if note:
         print(f"({note})", file=sys.stderr)
+    return 0
+
+
+async def _openclaw(args: argparse.Namespace, config: Config) -> int:
+    if args.openclaw_command == "install":
+        change = openclaw.install(
+            resolve(config),
+            path=args.config_path,
+            dry_run=args.dry_run,
+            set_default=args.set_default,
+            gateway_url=openclaw.gateway_url(config),
+            api_key_env=args.api_key_env,
+        )
+    else:
+        change = openclaw.uninstall(args.config_path, dry_run=args.dry_run)
+    print(change)
     return 0
 
 

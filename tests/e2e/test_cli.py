@@ -284,3 +284,39 @@ async def test_omni_up_serves_metrics_and_omni_tap_shows_the_traffic(
     assert requests[("none", "unknown_model")] == 1
     assert any("omni.v1.request" in t and "q0" in t for t in seen)
     assert any("event.route" in t and "mock/mock-small" in t for t in seen)
+
+
+def test_omni_openclaw_install_twice_then_uninstall_leaves_the_users_file_as_it_was(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    original = Path(__file__).parents[1] / "fixtures" / "openclaw" / "personal.json5"
+    config = tmp_path / "openclaw.json"
+    shutil.copy(original, config)
+
+    def omni(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*OMNI, "openclaw", *args, "--config-path", str(config)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=without_keys(),
+        )
+
+    dry = omni("install", "--dry-run")
+    assert dry.returncode == 0 and "+" in dry.stdout
+    assert config.read_text() == original.read_text()  # a dry run writes nothing
+    first, second = omni("install"), omni("install")
+    assert first.returncode == second.returncode == 0
+    installed = config.read_text()
+    assert '"omnillm"' in installed or "omnillm:" in installed
+    assert "nothing to change" in second.stdout
+    assert installed.count("openai-completions") >= 1
+    for comment in (line for line in original.read_text().splitlines() if "//" in line):
+        assert comment in installed  # the user's comments survive
+    gone = omni("uninstall")
+    assert gone.returncode == 0
+    assert config.read_text() == original.read_text()

@@ -39,6 +39,8 @@ import uvicorn
 from anyio.abc import TaskStatus
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -118,7 +120,10 @@ class GatewayActor:
         host: str = "127.0.0.1",
         port: int = 4000,
         env: Mapping[str, str] | None = None,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
+        self.metrics = metrics
+        """Served on ``GET /metrics`` when given (the process's cluster-wide counts)."""
         self.bus = bus
         self.settings = settings
         self.host = host
@@ -168,6 +173,7 @@ class GatewayActor:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/v1/admin/{what}", self.admin, methods=["GET", "POST"]),
+            Route("/metrics", self.prometheus, methods=["GET"]),
         ]
         return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 
@@ -244,6 +250,12 @@ class GatewayActor:
         except (NoRespondersError, NatsTimeoutError):
             return error_response("no_router", f"nothing answers {subjects.admin(what)}")
         return Response(reply.data, media_type=_JSON)
+
+    async def prometheus(self, request: Request) -> Response:
+        if self.metrics is None:
+            return error_response("not_found", "this gateway serves no metrics")
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(self.metrics), media_type=content_type)
 
     async def healthz(self, request: Request) -> Response:
         up = bool(self.bus.nc.is_connected)

@@ -16,6 +16,7 @@ from typing import Any, Final, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from prometheus_client import CollectorRegistry
 
 from omnillm.actors._boards import Boards
 from omnillm.actors.admin import AdminActor
@@ -75,7 +76,12 @@ def _loopback(host: str) -> bool:
 
 
 def build_actors(
-    bus: Bus, settings: Settings, kinds: tuple[str, ...], providers: list[str], boards: Boards
+    bus: Bus,
+    settings: Settings,
+    kinds: tuple[str, ...],
+    providers: list[str],
+    boards: Boards,
+    metrics: CollectorRegistry | None = None,
 ) -> list[Service]:
     reliability = settings.config.reliability
     actors: list[Service] = []
@@ -106,7 +112,9 @@ def build_actors(
                 f"gateway.host {gateway.host!r} is reachable from other machines but no "
                 "gateway.keys are configured: add keys, or keep the default 127.0.0.1"
             )
-        actors.append(GatewayActor(bus, settings, host=gateway.host, port=gateway.port))
+        actors.append(
+            GatewayActor(bus, settings, host=gateway.host, port=gateway.port, metrics=metrics)
+        )
     if "ledger" in kinds:
         reference = settings.config.ledger.reference_model
         actors.append(LedgerActor(bus, settings, reference_model=reference))
@@ -131,6 +139,7 @@ class Stack:
         self.metrics_port = metrics_port
         """Serve Prometheus ``/metrics`` here (0: a free port, known once started)."""
         self.metrics_host = metrics_host
+        self.metrics = Metrics.for_settings(settings)
         config = settings.config
         self.settings = settings
         self.url = nats_url or config.nats.url
@@ -162,14 +171,14 @@ class Stack:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _serve_metrics(self, bus: Bus, tg: TaskGroup) -> None:
-        """``/metrics`` for the whole cluster, counted from the audit and usage events."""
-        metrics = Metrics.for_settings(self.settings)
-        assert self.metrics_port is not None
-        self.metrics_port = await tg.start(
-            serve_metrics, metrics.registry, self.metrics_host, self.metrics_port
-        )
+    async def _serve_metrics(self, bus: Bus, tg: TaskGroup, metrics: Metrics) -> None:
+        """Count the whole cluster from the audit and usage events; serve ``/metrics`` on
+        ``metrics_port`` if given (the gateway serves the same registry)."""
         await tg.start(MetricsTap(bus, metrics).run)
+        if self.metrics_port is not None:
+            self.metrics_port = await tg.start(
+                serve_metrics, metrics.registry, self.metrics_host, self.metrics_port
+            )
 
     async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; reports the NATS URL once every actor is live."""
@@ -191,11 +200,13 @@ class Stack:
         if audit.stream:
             await ensure_audit_stream(bus, audit.max_age_s)
         boards = Boards.for_bus(bus, self.settings)
-        self.actors = build_actors(bus, self.settings, self.kinds, self.providers, boards)
+        self.actors = build_actors(
+            bus, self.settings, self.kinds, self.providers, boards, self.metrics.registry
+        )
         async with anyio.create_task_group() as shared:
             await shared.start(boards.breakers.run)
-            if self.metrics_port is not None:
-                await self._serve_metrics(bus, shared)
+            if self.metrics_port is not None or "gateway" in self.kinds:
+                await self._serve_metrics(bus, shared, self.metrics)
             async with anyio.create_task_group() as tg:
                 for actor in self.actors:
                     await tg.start(actor.run)

@@ -241,7 +241,8 @@ async def test_omni_up_serves_metrics_and_omni_tap_shows_the_traffic(
             line = await anext(read_lines(process))
         url = line.split("NATS ", 1)[1].split(" ", 1)[0]
         found = re.search(r"Metrics: (http://\S+/metrics)\.", line)
-        assert found, line
+        api = re.search(r"OpenAI-compatible API: (http://\S+)/v1\.", line)
+        assert found and api, line
         metrics_url = found.group(1)
         tap = await anyio.open_process(
             [*OMNI, "tap", "--nats-url", url], cwd=tmp_path, env=without_keys()
@@ -267,6 +268,7 @@ async def test_omni_up_serves_metrics_and_omni_tap_shows_the_traffic(
             await tap.wait()
         async with httpx.AsyncClient() as http:
             scraped = (await http.get(metrics_url)).text
+            from_gateway = (await http.get(f"{api.group(1)}/metrics")).text
         process.send_signal(signal.SIGTERM)
         with anyio.fail_after(20):
             assert await process.wait() == 0
@@ -281,6 +283,7 @@ async def test_omni_up_serves_metrics_and_omni_tap_shows_the_traffic(
         if s.name == "omnillm_requests_total"
     }
     assert requests[("simple", "ok")] == 3
+    assert 'omnillm_requests_total{outcome="ok",tier="simple"} 3.0' in from_gateway
     assert requests[("none", "unknown_model")] == 1
     assert any("omni.v1.request" in t and "q0" in t for t in seen)
     assert any("event.route" in t and "mock/mock-small" in t for t in seen)

@@ -11,7 +11,9 @@ import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import Final
+from typing import Final, TypeVar
+
+import msgspec
 
 from omnillm.errors import (
     AuthenticationFailed,
@@ -19,6 +21,7 @@ from omnillm.errors import (
     ContentPolicy,
     ContextLengthExceeded,
     FreeTierRefused,
+    MalformedResponse,
     ModelNotFound,
     Overloaded,
     ProviderError,
@@ -26,7 +29,17 @@ from omnillm.errors import (
     RateLimited,
 )
 
-__all__ = ["SNIPPET_BYTES", "body_text", "error_class", "make_error", "retry_after"]
+__all__ = [
+    "SNIPPET_BYTES",
+    "body_text",
+    "decode",
+    "error_class",
+    "make_error",
+    "retry_after",
+    "snippet",
+]
+
+T = TypeVar("T")
 
 SNIPPET_BYTES: Final = 200
 
@@ -113,6 +126,21 @@ def make_error(
         status_code=status,
         retry_after=retry_after(headers) if headers else None,
     )
+
+
+def snippet(data: bytes) -> str:
+    """At most ``SNIPPET_BYTES`` of bad data, for an error message."""
+    return repr(data[:SNIPPET_BYTES]) + ("..." if len(data) > SNIPPET_BYTES else "")
+
+
+def decode(decoder: msgspec.json.Decoder[T], data: bytes, what: str) -> T:
+    """``data`` decoded, or ``MalformedResponse`` saying whether the JSON or its shape was bad."""
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise MalformedResponse(f"{what} has an unexpected shape ({exc})") from exc
+    except msgspec.DecodeError as exc:
+        raise MalformedResponse(f"{what} is not valid JSON: {snippet(data)}") from exc
 
 
 def body_text(status: int, body: bytes) -> str:

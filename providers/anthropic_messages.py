@@ -13,7 +13,7 @@ body carry no provider name: the caller fills ``error.provider`` in.
 from __future__ import annotations
 
 import re
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import urlencode
 
 import msgspec
@@ -31,7 +31,7 @@ from omnillm.bus.messages import (
     ToolCallDelta,
 )
 from omnillm.errors import MalformedResponse, ProviderError
-from omnillm.providers._errors import SNIPPET_BYTES, body_text, make_error
+from omnillm.providers._errors import body_text, decode, make_error
 from omnillm.providers.base import (
     ParsedResponse,
     StreamUpdate,
@@ -149,7 +149,6 @@ _response_decoder: Final = msgspec.json.Decoder(_Response)
 _error_decoder: Final = msgspec.json.Decoder(_ErrorBody)
 _arguments_decoder: Final = msgspec.json.Decoder()
 
-_T = TypeVar("_T")
 _WireBlock = dict[str, Any]
 _WireContent = str | list[_WireBlock]
 
@@ -386,19 +385,6 @@ def _in_band_error(error: _ErrorDetail) -> ProviderError:
     return make_error(status, _code(error), message, in_band=True)
 
 
-def _snippet(data: bytes) -> str:
-    return repr(data[:SNIPPET_BYTES]) + ("..." if len(data) > SNIPPET_BYTES else "")
-
-
-def _decode(decoder: msgspec.json.Decoder[_T], data: bytes, what: str) -> _T:
-    try:
-        return decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise MalformedResponse(f"{what} has an unexpected shape ({exc})") from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedResponse(f"{what} is not valid JSON: {_snippet(data)}") from exc
-
-
 # --- streams --------------------------------------------------------------------------
 
 
@@ -452,7 +438,7 @@ class AnthropicStreamParser:
             if self._done:
                 break
             if event.data:
-                parsed = _decode(_event_decoder, event.data, "stream event")
+                parsed = decode(_event_decoder, event.data, "stream event")
                 self._dispatch(parsed.type or event.event or "", parsed, merger)
         return merger.update(done=self._done)
 
@@ -562,7 +548,7 @@ class AnthropicMessagesFamily:
         return AnthropicStreamParser()
 
     def parse_response(self, body: bytes, model: str) -> ParsedResponse:
-        return _parsed(_decode(_response_decoder, body, "response"))
+        return _parsed(decode(_response_decoder, body, "response"))
 
     def parse_error(
         self, status: int, body: bytes, headers: dict[str, str], *, provider: str

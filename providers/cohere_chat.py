@@ -22,7 +22,7 @@ is not told whose stream it reads, so the caller fills ``error.provider`` in.
 
 from __future__ import annotations
 
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import urlencode
 
 import msgspec
@@ -39,7 +39,7 @@ from omnillm.bus.messages import (
     ToolCallDelta,
 )
 from omnillm.errors import BadUpstreamRequest, MalformedResponse, ProviderError
-from omnillm.providers._errors import SNIPPET_BYTES, body_text, make_error
+from omnillm.providers._errors import body_text, decode, make_error
 from omnillm.providers.base import (
     ParsedResponse,
     StreamUpdate,
@@ -65,7 +65,6 @@ _FINISH_ERROR: Final = "ERROR"
 _TOOL_CHOICES: Final = {"required": "REQUIRED", "none": "NONE"}
 _NO_ARGUMENTS: Final = "null"
 _EMPTY_ARGUMENTS: Final = "{}"
-_T = TypeVar("_T")
 _CODE_FOR_STATUS: Final = {402: "insufficient_quota"}
 """Cohere's error bodies carry no code; its 402 means the billing limit was reached."""
 
@@ -264,19 +263,6 @@ def _arguments(arguments: str | None) -> str:
     return _EMPTY_ARGUMENTS if arguments in (None, "", _NO_ARGUMENTS) else str(arguments)
 
 
-def _snippet(data: bytes) -> str:
-    return repr(data[:SNIPPET_BYTES]) + ("..." if len(data) > SNIPPET_BYTES else "")
-
-
-def _decode(decoder: msgspec.json.Decoder[_T], data: bytes, what: str) -> _T:
-    try:
-        return decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise MalformedResponse(f"{what} has an unexpected shape ({exc})") from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedResponse(f"{what} is not valid JSON: {_snippet(data)}") from exc
-
-
 # --- streams --------------------------------------------------------------------------
 
 
@@ -392,7 +378,7 @@ class CohereStreamParser:
             if event.data == _DONE:
                 self._done = True
             elif event.data:
-                parsed = _decode(_event_decoder, event.data, "stream frame")
+                parsed = decode(_event_decoder, event.data, "stream frame")
                 self._dispatch(parsed, parsed.type or event.event, merger)
         return merger.update(done=self._done)
 
@@ -485,7 +471,7 @@ class CohereChatFamily:
         return CohereStreamParser()
 
     def parse_response(self, body: bytes, model: str) -> ParsedResponse:
-        return _parsed(_decode(_response_decoder, body, "response"), model)
+        return _parsed(decode(_response_decoder, body, "response"), model)
 
     def parse_error(
         self, status: int, body: bytes, headers: dict[str, str], *, provider: str

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import unquote_to_bytes, urlencode, urlsplit
 
 import msgspec
@@ -50,7 +50,7 @@ from omnillm.errors import (
     MalformedResponse,
     ProviderError,
 )
-from omnillm.providers._errors import SNIPPET_BYTES, body_text, make_error
+from omnillm.providers._errors import body_text, decode, make_error
 from omnillm.providers.base import (
     ParsedResponse,
     StreamUpdate,
@@ -160,8 +160,6 @@ class _Response(Struct, rename="camel"):
 class _ErrorBody(Struct):
     error: _Status | None = None
 
-
-_T = TypeVar("_T")
 
 _encoder: Final = msgspec.json.Encoder()
 _any_decoder: Final = msgspec.json.Decoder()
@@ -349,19 +347,6 @@ def _path(model: str, stream: bool, options: WireOptions) -> str:
 # --- responses and streams ------------------------------------------------------------
 
 
-def _snippet(data: bytes) -> str:
-    return repr(data[:SNIPPET_BYTES]) + ("..." if len(data) > SNIPPET_BYTES else "")
-
-
-def _decode(decoder: msgspec.json.Decoder[_T], data: bytes, what: str) -> _T:
-    try:
-        return decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise MalformedResponse(f"{what} has an unexpected shape ({exc})") from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedResponse(f"{what} is not valid JSON: {_snippet(data)}") from exc
-
-
 def _usage(usage: _UsageMetadata) -> TokenUsage:
     """Gemini's prompt count already includes cached tokens; thoughts are output too."""
     thoughts = usage.thoughts_token_count or 0
@@ -437,7 +422,7 @@ class GeminiStreamParser:
         text: list[str] = []
         for event in events:
             if event.data:
-                self._chunk(_decode(_response_decoder, event.data, "stream frame"), update, text)
+                self._chunk(decode(_response_decoder, event.data, "stream frame"), update, text)
         update.text = "".join(text)
         return update
 
@@ -560,7 +545,7 @@ class GeminiFamily:
         return GeminiStreamParser()
 
     def parse_response(self, body: bytes, model: str) -> ParsedResponse:
-        return _parsed(_decode(_response_decoder, body, "response"))
+        return _parsed(decode(_response_decoder, body, "response"))
 
     def parse_error(
         self, status: int, body: bytes, headers: dict[str, str], *, provider: str

@@ -29,7 +29,7 @@ from omnillm.errors import (
     MalformedResponse,
     ProviderError,
 )
-from omnillm.providers._errors import body_text, make_error
+from omnillm.providers._errors import body_text, make_error, snippet
 from omnillm.providers.base import (
     ParsedResponse,
     StreamUpdate,
@@ -46,7 +46,6 @@ _HEADERS: Final = {"Content-Type": "application/json"}
 _OPTIONAL_FIELDS: Final = ("tools", "tool_choice", "temperature", "stop")
 _DONE: Final = b"[DONE]"
 _BASE62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_SNIPPET_BYTES: Final = 200
 """How much of a bad body or frame an error message quotes."""
 
 
@@ -195,17 +194,13 @@ def _usage(usage: _Usage) -> TokenUsage:
     )
 
 
-def _snippet(data: bytes) -> str:
-    return repr(data[:_SNIPPET_BYTES]) + ("..." if len(data) > _SNIPPET_BYTES else "")
-
-
 def _decode_chunk(data: bytes) -> _Chunk:
     try:
         return _chunk_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise MalformedResponse(f"stream frame has an unexpected shape ({exc})") from exc
     except msgspec.DecodeError as exc:
-        raise MalformedResponse(f"stream frame is not valid JSON: {_snippet(data)}") from exc
+        raise MalformedResponse(f"stream frame is not valid JSON: {snippet(data)}") from exc
 
 
 class _ReadMerger:
@@ -307,7 +302,7 @@ def _decode_response(body: bytes) -> _Response:
     except msgspec.ValidationError as exc:
         raise MalformedResponse(f"response has an unexpected shape ({exc})") from exc
     except msgspec.DecodeError as exc:
-        raise MalformedResponse(f"response is not valid JSON: {_snippet(body)}") from exc
+        raise MalformedResponse(f"response is not valid JSON: {snippet(body)}") from exc
 
 
 def _tool_call(fragment: _ToolCallFragment) -> ToolCall:

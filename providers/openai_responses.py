@@ -19,7 +19,7 @@ is not told whose stream it reads, so the caller fills ``error.provider`` in.
 
 from __future__ import annotations
 
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import urlencode
 
 import msgspec
@@ -38,7 +38,7 @@ from omnillm.bus.messages import (
 )
 from omnillm.errors import MalformedResponse, ProviderError
 from omnillm.providers import openai_chat
-from omnillm.providers._errors import SNIPPET_BYTES, make_error
+from omnillm.providers._errors import decode, make_error
 from omnillm.providers.base import (
     ParsedResponse,
     StreamUpdate,
@@ -66,8 +66,6 @@ _STATUS_FOR_CODE: Final = {
 """The HTTP status an error code stands for when it arrives inside a 200 stream or body.
 The other documented codes (``invalid_prompt``, the ``image_*`` family) are about the
 request, so any other code counts as a 400."""
-
-_T = TypeVar("_T")
 
 
 # --- wire shapes: only the fields we read; unknown fields are ignored ------------------
@@ -316,19 +314,6 @@ def _error_event(event: _ErrorEvent) -> ProviderError:
     )
 
 
-def _snippet(data: bytes) -> str:
-    return repr(data[:SNIPPET_BYTES]) + ("..." if len(data) > SNIPPET_BYTES else "")
-
-
-def _decode(decoder: msgspec.json.Decoder[_T], data: bytes, what: str) -> _T:
-    try:
-        return decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise MalformedResponse(f"{what} has an unexpected shape ({exc})") from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedResponse(f"{what} is not valid JSON: {_snippet(data)}") from exc
-
-
 # --- streams --------------------------------------------------------------------------
 
 
@@ -405,26 +390,26 @@ class ResponsesStreamParser:
             if self._done:
                 break
             if event.data:
-                kind = _decode(_kind_decoder, event.data, "stream event").type
+                kind = decode(_kind_decoder, event.data, "stream event").type
                 self._dispatch(kind or event.event or "", event.data, merger)
         return merger.update(done=self._done)
 
     def _dispatch(self, kind: str, data: bytes, merger: _ReadMerger) -> None:
         match kind:
             case "response.output_text.delta":
-                merger.text.append(_decode(_text_decoder, data, kind).delta)
+                merger.text.append(decode(_text_decoder, data, kind).delta)
             case "response.output_item.added" | "response.output_item.done":
-                self._item(_decode(_item_decoder, data, kind), merger)
+                self._item(decode(_item_decoder, data, kind), merger)
             case "response.function_call_arguments.delta":
-                self._arguments(_decode(_arguments_decoder, data, kind), merger)
+                self._arguments(decode(_arguments_decoder, data, kind), merger)
             case "response.function_call_arguments.done":
-                self._arguments_done(_decode(_arguments_decoder, data, kind), merger)
+                self._arguments_done(decode(_arguments_decoder, data, kind), merger)
             case "response.completed" | "response.incomplete":
-                self._end(_decode(_response_event_decoder, data, kind).response, merger)
+                self._end(decode(_response_event_decoder, data, kind).response, merger)
             case "response.failed":
-                raise _failed(_decode(_response_event_decoder, data, kind).response)
+                raise _failed(decode(_response_event_decoder, data, kind).response)
             case "error":
-                raise _error_event(_decode(_error_event_decoder, data, kind))
+                raise _error_event(decode(_error_event_decoder, data, kind))
             case _:
                 pass
 
@@ -523,7 +508,7 @@ class OpenAIResponsesFamily:
         return ResponsesStreamParser()
 
     def parse_response(self, body: bytes, model: str) -> ParsedResponse:
-        return _parsed(_decode(_response_decoder, body, "response"))
+        return _parsed(decode(_response_decoder, body, "response"))
 
     def parse_error(
         self, status: int, body: bytes, headers: dict[str, str], *, provider: str

@@ -31,7 +31,7 @@ import anyio
 import msgspec
 import nats.errors
 from anyio.abc import TaskGroup, TaskStatus
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from omnillm.bus._breaker import BreakerPolicy, BreakerState, CircuitBreaker, Phase
@@ -295,12 +295,8 @@ class BreakerBoard:
     async def _bucket(self) -> KeyValue | None:
         if self._kv is not None or self._unavailable:
             return self._kv
-        js = self._bus.nc.jetstream()
         try:
-            try:
-                self._kv = await js.key_value(BUCKET)
-            except BucketNotFoundError:
-                self._kv = await js.create_key_value(bucket=BUCKET, replicas=self._replicas)
+            self._kv = await self._bus.key_value(BUCKET, replicas=self._replicas)
         except Exception as exc:  # no JetStream on this server
             log.warning("circuit breakers are not shared: %s", exc or type(exc).__name__)
             self._unavailable = True

@@ -18,6 +18,8 @@ import anyio
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from omnillm.errors import OmniLLMError, RequestTooLarge
 
@@ -110,6 +112,22 @@ class Bus:
         self, subject: str, cb: MsgHandler, *, queue: str = "", pending_msgs: int = 65536
     ) -> Subscription:
         return await self.nc.subscribe(subject, queue=queue, cb=cb, pending_msgs_limit=pending_msgs)
+
+    async def key_value(
+        self, bucket: str, *, replicas: int = 1, create: bool = True
+    ) -> KeyValue | None:
+        """The KV ``bucket``, created if missing (``create``), else None if missing.
+
+        Raises whatever nats-py raises when the server has no JetStream: each board
+        decides how to carry on without shared state.
+        """
+        js = self.nc.jetstream()
+        try:
+            return await js.key_value(bucket)
+        except BucketNotFoundError:
+            if not create:
+                return None
+            return await js.create_key_value(bucket=bucket, replicas=replicas)
 
     def new_inbox(self) -> str:
         return str(self.nc.new_inbox())

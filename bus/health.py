@@ -16,7 +16,7 @@ import time
 from typing import Final
 
 import msgspec
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from omnillm.bus.connection import Bus
@@ -73,14 +73,8 @@ class HealthBoard:
     async def _bucket(self, *, create: bool) -> KeyValue | None:
         if self._kv is not None or self._unavailable:
             return self._kv
-        js = self._bus.nc.jetstream()
         try:
-            if create:
-                self._kv = await js.create_key_value(bucket=BUCKET, replicas=self._replicas)
-            else:
-                self._kv = await js.key_value(BUCKET)
-        except BucketNotFoundError:
-            return None
+            self._kv = await self._bus.key_value(BUCKET, replicas=self._replicas, create=create)
         except Exception as exc:  # no JetStream on this server
             log.warning("provider health is not shared: %s", exc or type(exc).__name__)
             self._unavailable = True

@@ -12,7 +12,7 @@ import time
 from typing import Final
 
 import msgspec
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from omnillm.bus.connection import Bus
@@ -46,12 +46,8 @@ class SwitchBoard:
     async def _bucket(self) -> KeyValue | None:
         if self._kv is not None or self._unavailable:
             return self._kv
-        js = self._bus.nc.jetstream()
         try:
-            try:
-                self._kv = await js.key_value(BUCKET)
-            except BucketNotFoundError:
-                self._kv = await js.create_key_value(bucket=BUCKET, replicas=self._replicas)
+            self._kv = await self._bus.key_value(BUCKET, replicas=self._replicas)
         except Exception as exc:  # no JetStream: no switch, routing goes on
             log.warning("omni switch is not available: %s", exc or type(exc).__name__)
             self._unavailable = True

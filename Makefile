@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo lint format typecheck bench clean test-openclaw
+.PHONY: run test demo lint format typecheck bench soak clean test-openclaw e2e-openclaw
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -41,6 +41,11 @@ typecheck: $(STAMP)
 # The OpenClaw plugin's own tests (Node.js and npm; kept out of `make test`).
 test-openclaw:
 	cd integrations/openclaw && npm install --no-audit --no-fund && npm test
+
+# A real OpenClaw (from npm, run on Node 24 from npm) for one turn through `omni up` and the
+# mock provider; needs npm and the registry, downloads about 800 MB (kept out of `make test`).
+e2e-openclaw: $(STAMP)
+	integrations/openclaw/e2e.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.overhead

@@ -104,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
         "--set-default", action="store_true", help="make omnillm/auto OpenClaw's default model"
     )
     claw_install.add_argument(
+        "--gateway-url",
+        help="the gateway's /v1 URL as OpenClaw reaches it (default: from gateway.host/port)",
+    )
+    claw_install.add_argument(
         "--api-key-env",
         help="variable OpenClaw takes the gateway key from (default with gateway.keys: "
         "the key's key_env, else OMNILLM_API_KEY)",
@@ -265,7 +269,7 @@ async def _openclaw(args: argparse.Namespace, config: Config) -> int:
             path=args.config_path,
             dry_run=args.dry_run,
             set_default=args.set_default,
-            gateway_url=openclaw.gateway_url(config),
+            gateway_url=args.gateway_url or openclaw.gateway_url(config),
             api_key_env=args.api_key_env,
         )
     else:

@@ -114,6 +114,11 @@ def config_path(env: Mapping[str, str] | None = None) -> Path:
 
 def gateway_url(config: Config) -> str:
     """The gateway's ``/v1`` as a client reaches it (a wildcard bind means loopback)."""
+    if config.gateway.port == 0:
+        raise ConfigError(
+            "gateway.port is 0 (a free port picked when the gateway starts), so OpenClaw "
+            "cannot be told where it is: pass --gateway-url or set gateway.port"
+        )
     host = config.gateway.host
     host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
     host = f"[{host}]" if ":" in host else host

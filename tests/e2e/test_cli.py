@@ -312,6 +312,9 @@ def test_omni_openclaw_install_twice_then_uninstall_leaves_the_users_file_as_it_
     dry = omni("install", "--dry-run")
     assert dry.returncode == 0 and "+" in dry.stdout
     assert config.read_text() == original.read_text()  # a dry run writes nothing
+    elsewhere = omni("install", "--dry-run", "--gateway-url", "http://10.0.0.5:4000/v1")
+    assert "provider 'omnillm' at http://10.0.0.5:4000/v1" in elsewhere.stdout
+    assert '+        baseUrl: "http://10.0.0.5:4000/v1",' in elsewhere.stdout
     first, second = omni("install"), omni("install")
     assert first.returncode == second.returncode == 0
     installed = config.read_text()

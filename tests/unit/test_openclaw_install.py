@@ -242,3 +242,9 @@ def test_gateway_url_from_config() -> None:
     assert openclaw.gateway_url(Config()) == URL
     wildcard = Config(gateway=GatewayConfig(host="0.0.0.0", port=8080))
     assert openclaw.gateway_url(wildcard) == "http://127.0.0.1:8080/v1"
+
+
+def test_gateway_on_a_port_picked_at_start_is_refused_with_the_way_out() -> None:
+    free_port = Config(gateway=GatewayConfig(port=0))
+    with pytest.raises(ConfigError, match="--gateway-url"):
+        openclaw.gateway_url(free_port)

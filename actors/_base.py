@@ -82,10 +82,21 @@ class Actor(abc.ABC):
         async with receive:
             async for msg in receive:
                 with log_context(rid=(msg.headers or {}).get(RID_HEADER, "")):
-                    try:
-                        await self.handle(msg)
-                    except Exception:
-                        log.exception("%s: unhandled error", self.name)
+                    await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
+        """``handle``, and on a bug ``crashed``: a worker never dies of one message."""
+        try:
+            await self.handle(msg)
+        except Exception as exc:
+            log.exception("%s: unhandled error", self.name)
+            try:
+                await self.crashed(msg, exc)
+            except Exception:
+                log.exception("%s: the error could not be reported", self.name)
+
+    async def crashed(self, msg: Msg, exc: Exception) -> None:  # noqa: B027 - a hook
+        """``handle`` raised: answer the sender if this actor can (the classifier can)."""
 
     async def admitted(self, msg: Msg) -> None:  # noqa: B027 - a hook; most actors say nothing
         """Called when ``msg`` was handed to a worker (handoff actors answer Accepted)."""

@@ -19,6 +19,7 @@ one answer is all a route gives.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -43,6 +44,7 @@ KEY_TAG: Final = "key:"
 """``metadata.tags`` entry naming the gateway key: ``key:<name>``."""
 BUILTIN_ALIASES: Final = ("auto", "fast", "cheap", "smart", "free", "vision")
 
+_IDEMPOTENCY_KEY: Final = re.compile(r"[\x20-\x7e]{1,255}")
 _PASSED: Final = ("messages", "model", "tools", "tool_choice", "temperature", "stop", "route")
 """Fields copied as they are; msgspec validates them against ``ChatRequest``."""
 
@@ -68,6 +70,8 @@ def parse_chat(
     if max_tokens is not None:
         fields["max_tokens"] = max_tokens
     if idempotency_key:
+        if not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise InvalidRequest("Idempotency-Key: 1 to 255 printable ASCII characters")
         fields["idempotency_key"] = idempotency_key
     request = to_request(fields)
     request.metadata = _metadata(raw, request, key_name)
@@ -77,8 +81,14 @@ def parse_chat(
 def _object(body: bytes) -> dict[str, Any]:
     try:
         raw = msgspec.json.decode(body)
+    except msgspec.ValidationError as exc:  # the only one for untyped JSON: a huge number
+        raise InvalidRequest(f"the body has a number out of range: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid UTF-8: {exc.reason}") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("the body nests too deeply") from exc
     if not isinstance(raw, dict):
         raise InvalidRequest("the body must be a JSON object")
     return raw
@@ -154,6 +164,7 @@ _STATUS: Final[dict[str, int]] = {
     "unknown_model": 404,
     "not_found": 404,
     "request_too_large": 413,
+    "unsupported_media_type": 415,
     "budget_exceeded": 429,
     "rate_limited": 429,
     "internal": 500,
@@ -176,6 +187,7 @@ _TYPES: Final[dict[int, str]] = {
     403: "permission_error",
     404: "not_found_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
 }
 _PARAMS: Final[dict[str, str]] = {"unknown_model": "model", "model_not_allowed": "model"}

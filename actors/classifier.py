@@ -52,11 +52,12 @@ from omnillm.bus.messages import (
     Need,
     TextPart,
     Tier,
-    decode_request,
     encode,
+    read_request,
 )
 from omnillm.bus.stream import send_failure
 from omnillm.config import ClassifierConfig
+from omnillm.errors import RequestError
 
 __all__ = ["DEFAULT", "ClassifierActor", "check_config", "classify", "estimate_tokens"]
 
@@ -292,12 +293,20 @@ class ClassifierActor(Actor):
             "and its backlog full)",
             retryable=True,
         )
-        await send_failure(self.bus, msg.reply, request_id(msg), 0, failure)
+        if subjects.is_inbox(msg.reply):  # else nobody to answer (see handle)
+            await send_failure(self.bus, msg.reply, request_id(msg), 0, failure)
 
     async def handle(self, msg: Msg) -> None:
         rid = request_id(msg)
         if not msg.reply:
             log.warning("request %s has no reply subject: nobody to answer", rid)
+            return
+        if not subjects.is_inbox(msg.reply):
+            # Answers go only under _INBOX.: frames published with the actors' rights
+            # to a subject the client chose could hit the JetStream API or a KV bucket.
+            reason = f"reply subject {msg.reply[:80]!r} is not under {subjects.INBOX}."
+            log.warning("request %s not answered: %s", rid, reason)
+            await emit(self.bus, Event(kind="reject", rid=rid, reason=reason))
             return
         result = self._read(msg.data)
         if isinstance(result, Failure):
@@ -326,18 +335,16 @@ class ClassifierActor(Actor):
         return True
 
     def _read(self, data: bytes) -> ChatRequest | Failure:
-        if len(data) > self.max_request_bytes:
-            return Failure(
-                code="request_too_large",
-                message=f"request of {len(data)} bytes is over the limit of "
-                f"{self.max_request_bytes} bytes (reliability.max_request_bytes)",
-            )
         try:
-            return decode_request(data)
-        except msgspec.ValidationError as exc:
-            return Failure(code="invalid_request", message=f"invalid chat request: {exc}")
-        except msgspec.DecodeError as exc:
-            return Failure(code="invalid_request", message=f"request is not valid JSON: {exc}")
+            return read_request(data, max_bytes=self.max_request_bytes)
+        except RequestError as exc:
+            return Failure(code=exc.code, message=exc.message)
+
+    async def crashed(self, msg: Msg, exc: Exception) -> None:
+        """A bug answers the client at once, not at its first-frame timeout."""
+        if msg.reply:
+            failure = Failure(code="internal", message=f"the classifier failed: {exc!r}")
+            await send_failure(self.bus, msg.reply, request_id(msg), 0, failure)
 
     def _envelope(self, rid: str, reply: str, request: ChatRequest) -> CallEnvelope:
         now = time.time()

@@ -56,7 +56,13 @@ from omnillm.bus.connection import Bus
 from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Frame, Reset, Start
 from omnillm.client import Client
 from omnillm.config import GatewayKey, Settings
-from omnillm.errors import OmniLLMError, RequestTooLarge, StreamError, from_code
+from omnillm.errors import (
+    InvalidRequest,
+    OmniLLMError,
+    RequestTooLarge,
+    StreamError,
+    from_code,
+)
 
 __all__ = ["GatewayActor"]
 
@@ -175,12 +181,17 @@ class GatewayActor:
             Route("/v1/admin/{what}", self.admin, methods=["GET", "POST"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
         ]
-        return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+        handlers = {HTTPException: _http_error, Exception: _internal_error}
+        return Starlette(routes=routes, exception_handlers=handlers)
 
     # --- routes -------------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
         received = time.perf_counter()
+        content_type = request.headers.get("content-type", "")
+        if not _is_json(content_type):
+            message = f"Content-Type must be application/json, not {content_type[:100]!r}"
+            return error_response("unsupported_media_type", message)
         try:
             chat, stream, include_usage = await self._parse(request)
         except KeyRefused as exc:
@@ -209,9 +220,11 @@ class GatewayActor:
         chat = self.keys.admit(key, parsed.request)
         return chat, parsed.stream, parsed.include_usage
 
-    async def _body(self, request: Request) -> bytes:
-        limit = self.max_request_bytes
-        if int(request.headers.get("content-length") or 0) > limit:
+    async def _body(self, request: Request, limit: int | None = None) -> bytes:
+        """The body, refused as soon as its declared or its read size passes ``limit``
+        (``reliability.max_request_bytes`` by default)."""
+        limit = self.max_request_bytes if limit is None else limit
+        if _declared_size(request.headers.get("content-length")) > limit:
             raise RequestTooLarge(f"the request is over {limit} bytes")
         chunks: list[bytes] = []
         size = 0
@@ -244,12 +257,21 @@ class GatewayActor:
         what = request.path_params["what"]
         if what not in ADMIN_ROUTES:
             return error_response("not_found", f"no admin route {what!r}")
-        body = await request.body() if request.method == "POST" else _query_json(request)
+        try:
+            body = await self._admin_body(request)
+        except OmniLLMError as exc:
+            return error_response(exc.code, exc.message)
         try:
             reply = await self.bus.nc.request(subjects.admin(what), body or b"{}", timeout=2.0)
         except (NoRespondersError, NatsTimeoutError):
             return error_response("no_router", f"nothing answers {subjects.admin(what)}")
         return Response(reply.data, media_type=_JSON)
+
+    async def _admin_body(self, request: Request) -> bytes:
+        """The query as JSON, or a POST's body (the admin actor checks it is JSON)."""
+        if request.method != "POST":
+            return _query_json(request)
+        return await self._body(request, ADMIN_MAX_BYTES)
 
     async def prometheus(self, request: Request) -> Response:
         if self.metrics is None:
@@ -264,6 +286,24 @@ class GatewayActor:
 
 
 ADMIN_ROUTES: Final = frozenset({"providers", "models", "switch", "cost", "stats"})
+ADMIN_MAX_BYTES: Final = 64 * 1024
+"""Admin requests are a few fields; this is far more than any needs."""
+_MAX_DIGITS: Final = 18
+"""A Content-Length with more digits is over any limit (and ``int`` of a long enough
+digit string raises)."""
+
+
+def _is_json(content_type: str) -> bool:
+    """No Content-Type (curl without ``-H``), ``application/json`` or ``…+json``."""
+    media = content_type.partition(";")[0].strip().lower()
+    return not media or media == "application/json" or media.endswith("+json")
+
+
+def _declared_size(content_length: str | None) -> int:
+    value = (content_length or "0").strip()
+    if not (value.isascii() and value.isdigit()):
+        raise InvalidRequest(f"Content-Length: not a number of bytes: {value[:40]!r}")
+    return int(value) if len(value) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def _query_json(request: Request) -> bytes:
@@ -283,6 +323,12 @@ def _visible(key: GatewayKey | None, model: str) -> bool:
 
 def _rid_header(rid: str) -> dict[str, str]:
     return {"x-omnillm-request-id": rid} if rid else {}
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug is a 500 in OpenAI's error JSON (Starlette still logs it); the server goes on."""
+    body = _encode(error_body("internal", f"the gateway failed: {type(exc).__name__}"))
+    return Response(body, 500, media_type=_JSON)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

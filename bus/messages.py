@@ -13,14 +13,22 @@ Families and their decoders (each built once):
   message, the end-of-stream sentinel.
 - ``HandoffReply`` union (``Accepted | Busy``): a receiver's immediate answer to a hop.
 - ``Failure``: an error as data, for handoff and admin replies.
+
+Every decoder raises ``msgspec.DecodeError`` (``ValidationError`` for a wrong shape) on
+any bad input, also for invalid UTF-8 and nesting deeper than msgspec recurses, so a
+reader catches one type. :func:`read_request` is the client's edge: it raises the
+product's ``InvalidRequest`` or ``RequestTooLarge`` instead.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+import re
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
+
+from omnillm.errors import InvalidRequest, RequestTooLarge
 
 __all__ = [
     "END_OF_STREAM",
@@ -63,6 +71,7 @@ __all__ = [
     "decode_handoff_reply",
     "decode_request",
     "encode",
+    "read_request",
 ]
 
 END_OF_STREAM: Final = b""
@@ -72,6 +81,41 @@ Tier = Literal["simple", "medium", "complex", "reasoning"]
 TIERS: Final[tuple[Tier, ...]] = ("simple", "medium", "complex", "reasoning")
 Need = Literal["vision", "tools", "long_context"]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+MAX_MODEL_CHARS: Final = 256
+"""Longer than any catalog id or alias: a longer ``model`` is a mistake or an attack."""
+MAX_KEY_BYTES: Final = 255
+"""An idempotency key's UTF-8 size (the dedup board's limit; ``max_length`` counts chars)."""
+MAX_OUTPUT_TOKENS: Final = 2**31 - 1
+"""The largest ``max_tokens`` any wire format takes (Gemini's is an int32)."""
+MAX_JSON_DEPTH: Final = 64
+"""Nesting allowed in a request's free-form JSON (tool schemas, ``tool_choice``): far
+deeper than any real schema, far shallower than the recursion limits of the encoders
+every later hop runs it through."""
+
+_T = TypeVar("_T")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    """Whether lists and dicts nest more than ``limit`` levels in ``value``, found level
+    by level (no recursion, so no depth can break the check itself)."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return bool(level)
+
+
+def _check_depth(value: object, name: str) -> None:
+    if _nests_deeper(value, MAX_JSON_DEPTH):
+        raise ValueError(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 # --- chat request -----------------------------------------------------------------
@@ -130,6 +174,9 @@ class FunctionDef(Struct, omit_defaults=True):
     description: str | UnsetType = UNSET
     parameters: dict[str, Any] | UnsetType = UNSET
 
+    def __post_init__(self) -> None:
+        _check_depth(self.parameters, "parameters")
+
 
 class Tool(Struct):
     function: FunctionDef
@@ -153,16 +200,24 @@ class Route(Struct, omit_defaults=True):
 
 class ChatRequest(Struct, omit_defaults=True):
     messages: Annotated[list[Message], Meta(min_length=1)]
-    model: str = "auto"
+    model: Annotated[str, Meta(max_length=MAX_MODEL_CHARS)] = "auto"
     tools: list[Tool] | UnsetType = UNSET
     tool_choice: str | dict[str, Any] | UnsetType = UNSET
     temperature: Annotated[float, Meta(ge=0, le=2)] | UnsetType = UNSET
-    max_tokens: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    max_tokens: Annotated[int, Meta(ge=1, le=MAX_OUTPUT_TOKENS)] | UnsetType = UNSET
     stop: str | list[str] | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
     route: Route | UnsetType = UNSET
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=255)] | UnsetType = UNSET
     timeout_s: Annotated[float, Meta(gt=0)] | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if _CONTROL.search(self.model):  # a NUL or a newline: it reaches logs and errors
+            raise ValueError("model contains a control character")
+        _check_depth(self.tool_choice, "tool_choice")
+        key = self.idempotency_key
+        if isinstance(key, str) and len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            raise ValueError(f"idempotency_key is over {MAX_KEY_BYTES} bytes of UTF-8")
 
     def last_user_text(self) -> str:
         for message in reversed(self.messages):
@@ -380,6 +435,10 @@ class Usage(Struct, omit_defaults=True):
     est_input_tokens: int = 0
     """The router's tokenizer-free estimate of the prompt, to calibrate it against
     ``tokens.input_tokens`` (what the provider counted)."""
+    run: str = ""
+    """Which execution of the attempt this is, a token unique to it. An attempt runs twice
+    when a handoff's acceptance is lost (a node dies) and the offer goes to another
+    caller: both called the provider, both are billed."""
 
 
 # --- codecs --------------------------------------------------------------------------
@@ -395,19 +454,46 @@ def encode(message: Struct) -> bytes:
     return _encoder.encode(message)
 
 
+def _decode(decoder: msgspec.json.Decoder[_T], data: bytes) -> _T:
+    """``decoder.decode``, with the two failures msgspec reports as foreign exceptions
+    (invalid UTF-8, nesting past its recursion limit) raised as ``DecodeError`` too."""
+    try:
+        return decoder.decode(data)
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"JSON is not valid UTF-8: {exc.reason}") from exc
+    except RecursionError as exc:
+        raise msgspec.DecodeError("JSON nests too deeply") from exc
+
+
 def decode_request(data: bytes) -> ChatRequest:
-    return _request_decoder.decode(data)
+    return _decode(_request_decoder, data)
+
+
+def read_request(data: bytes, *, max_bytes: int) -> ChatRequest:
+    """A client's request, or ``RequestTooLarge``/``InvalidRequest`` saying what is wrong
+    (the field, for a wrong one): the one place bytes from a client become a request."""
+    if len(data) > max_bytes:
+        raise RequestTooLarge(
+            f"request of {len(data)} bytes is over the limit of {max_bytes} bytes "
+            "(reliability.max_request_bytes)"
+        )
+    try:
+        return decode_request(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid chat request: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request is not valid JSON: {exc}") from exc
 
 
 def decode_envelope(data: bytes) -> CallEnvelope:
-    return _envelope_decoder.decode(data)
+    return _decode(_envelope_decoder, data)
 
 
 def decode_frame(data: bytes) -> Frame:
-    frame: Frame = _frame_decoder.decode(data)
+    frame: Frame = _decode(_frame_decoder, data)
     return frame
 
 
 def decode_handoff_reply(data: bytes) -> HandoffReply:
-    reply: HandoffReply = _handoff_decoder.decode(data)
+    reply: HandoffReply = _decode(_handoff_decoder, data)
     return reply

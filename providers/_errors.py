@@ -7,6 +7,7 @@ message *means* is the same everywhere, so it is decided here, once.
 from __future__ import annotations
 
 import http
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from omnillm.errors import (
 )
 
 __all__ = [
+    "DECODE_ERRORS",
     "SNIPPET_BYTES",
     "body_text",
     "decode",
@@ -42,6 +44,9 @@ __all__ = [
 T = TypeVar("T")
 
 SNIPPET_BYTES: Final = 200
+DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+"""What msgspec raises on bad JSON: its own error, and for invalid UTF-8 or nesting past its
+recursion limit, Python's. A decoder that falls back on bad input catches all three."""
 
 CONTEXT_LENGTH: Final = re.compile(
     r"maximum context length is \d+"  # OpenAI, Azure, DeepSeek, OpenRouter
@@ -141,6 +146,10 @@ def decode(decoder: msgspec.json.Decoder[T], data: bytes, what: str) -> T:
         raise MalformedResponse(f"{what} has an unexpected shape ({exc})") from exc
     except msgspec.DecodeError as exc:
         raise MalformedResponse(f"{what} is not valid JSON: {snippet(data)}") from exc
+    except UnicodeDecodeError as exc:
+        raise MalformedResponse(f"{what} is not valid UTF-8: {snippet(data)}") from exc
+    except RecursionError as exc:
+        raise MalformedResponse(f"{what} nests too deeply: {snippet(data)}") from exc
 
 
 def body_text(status: int, body: bytes) -> str:
@@ -159,12 +168,14 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     lower = {name.lower(): value for name, value in headers.items()}
     try:
         if "retry-after-ms" in lower:
-            return max(float(lower["retry-after-ms"]) / 1000, 0.0)
-        if "retry-after" in lower:
-            return _seconds_or_date(lower["retry-after"])
-    except (ValueError, TypeError, OverflowError):
+            seconds = max(float(lower["retry-after-ms"]) / 1000, 0.0)
+        elif "retry-after" in lower:
+            seconds = _seconds_or_date(lower["retry-after"])
+        else:
+            return None
+    except (ValueError, TypeError, OverflowError, IndexError):
         return None
-    return None
+    return None if math.isnan(seconds) else seconds  # "nan" parses, and waits forever
 
 
 def _seconds_or_date(value: str) -> float:

@@ -31,7 +31,7 @@ from omnillm.bus.messages import (
     ToolCallDelta,
 )
 from omnillm.errors import MalformedResponse, ProviderError
-from omnillm.providers._errors import body_text, decode, make_error
+from omnillm.providers._errors import DECODE_ERRORS, body_text, decode, make_error
 from omnillm.providers.base import (
     ParsedResponse,
     StreamUpdate,
@@ -192,7 +192,7 @@ def _tool_input(arguments: str) -> dict[str, Any]:
     """JSON arguments as Anthropic's ``input`` object; anything but a JSON object is ``{}``."""
     try:
         parsed = _arguments_decoder.decode(arguments)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return {}
     return parsed if isinstance(parsed, dict) else {}
 
@@ -522,7 +522,7 @@ def _error_fields(status: int, body: bytes) -> tuple[str | None, str]:
     """The error code and a readable message from any error body, JSON or not."""
     try:
         parsed = _error_decoder.decode(body)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None, body_text(status, body)
     error = parsed.error
     if isinstance(error, _ErrorDetail):

@@ -39,7 +39,7 @@ from omnillm.bus.messages import (
     ToolCallDelta,
 )
 from omnillm.errors import BadUpstreamRequest, MalformedResponse, ProviderError
-from omnillm.providers._errors import body_text, decode, make_error
+from omnillm.providers._errors import DECODE_ERRORS, body_text, decode, make_error
 from omnillm.providers.base import (
     ParsedResponse,
     StreamUpdate,
@@ -450,7 +450,7 @@ def _error_message(status: int, body: bytes) -> str:
     """``message`` from Cohere's ``{"id": ..., "message": ...}``, else the body itself."""
     try:
         message = _error_decoder.decode(body).message
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         message = None
     return message or body_text(status, body)
 

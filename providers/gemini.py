@@ -26,6 +26,7 @@ fills ``error.provider`` in.
 from __future__ import annotations
 
 import base64
+import math
 import re
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes, urlencode, urlsplit
@@ -50,7 +51,7 @@ from omnillm.errors import (
     MalformedResponse,
     ProviderError,
 )
-from omnillm.providers._errors import body_text, decode, make_error
+from omnillm.providers._errors import DECODE_ERRORS, body_text, decode, make_error
 from omnillm.providers.base import (
     ParsedResponse,
     StreamUpdate,
@@ -205,7 +206,7 @@ def _parts(content: str | list[ContentPart] | None) -> list[dict[str, Any]]:
 def _decode_object(text: str) -> dict[str, Any] | None:
     try:
         parsed = _any_decoder.decode(text)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
     return parsed if isinstance(parsed, dict) else None
 
@@ -473,9 +474,10 @@ def _retry_delay(status: _Status) -> float | None:
     for detail in status.details or ():
         if detail.type == _RETRY_INFO and detail.retry_delay:
             try:
-                return max(float(detail.retry_delay.removesuffix("s")), 0.0)
+                seconds = float(detail.retry_delay.removesuffix("s"))
             except ValueError:
                 return None
+            return None if math.isnan(seconds) else max(seconds, 0.0)
     return None
 
 
@@ -525,7 +527,7 @@ def _error_status(body: bytes) -> _Status | None:
     """The ``Status`` of a Google error body; ``None`` for any other body (HTML, proxies)."""
     try:
         return _error_decoder.decode(body).error
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
 
 

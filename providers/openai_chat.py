@@ -29,7 +29,7 @@ from omnillm.errors import (
     MalformedResponse,
     ProviderError,
 )
-from omnillm.providers._errors import body_text, make_error, snippet
+from omnillm.providers._errors import DECODE_ERRORS, body_text, decode, make_error
 from omnillm.providers.base import (
     ParsedResponse,
     StreamUpdate,
@@ -195,12 +195,7 @@ def _usage(usage: _Usage) -> TokenUsage:
 
 
 def _decode_chunk(data: bytes) -> _Chunk:
-    try:
-        return _chunk_decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise MalformedResponse(f"stream frame has an unexpected shape ({exc})") from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedResponse(f"stream frame is not valid JSON: {snippet(data)}") from exc
+    return decode(_chunk_decoder, data, "stream frame")
 
 
 class _ReadMerger:
@@ -297,12 +292,7 @@ class OpenAIChatStreamParser:
 
 
 def _decode_response(body: bytes) -> _Response:
-    try:
-        return _response_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise MalformedResponse(f"response has an unexpected shape ({exc})") from exc
-    except msgspec.DecodeError as exc:
-        raise MalformedResponse(f"response is not valid JSON: {snippet(body)}") from exc
+    return decode(_response_decoder, body, "response")
 
 
 def _tool_call(fragment: _ToolCallFragment) -> ToolCall:
@@ -358,7 +348,7 @@ def _error_fields(status: int, body: bytes) -> tuple[str | None, str]:
     """The error code and a readable message from any error body, JSON or not."""
     try:
         parsed = _error_decoder.decode(body)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None, body_text(status, body)
     error, code = parsed.error, parsed.code
     if isinstance(error, _ErrorDetail):

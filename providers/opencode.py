@@ -23,7 +23,7 @@ from msgspec import Struct
 from omnillm.bus.messages import ChatRequest
 from omnillm.errors import ProviderError
 from omnillm.providers import anthropic_messages, gemini, openai_chat, openai_responses
-from omnillm.providers._errors import body_text, make_error
+from omnillm.providers._errors import DECODE_ERRORS, body_text, make_error
 from omnillm.providers.base import (
     AuthStyle,
     ParsedResponse,
@@ -119,7 +119,7 @@ def _error_fields(status: int, body: bytes) -> tuple[int, str | None, str]:
     """The status, error code and a readable message from any error body, JSON or not."""
     try:
         parsed = _error_decoder.decode(body)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return status, None, body_text(status, body)
     error = parsed.error
     if isinstance(error, _ErrorDetail):

@@ -11,7 +11,12 @@ that LLM providers exercise (see providers.md §0.2):
 - ``event:`` names the event; ``id:``, ``retry:`` and unknown fields are ignored.
 
 The work is done by ``bytes.splitlines`` and ``bytes.partition`` on whole buffers, so
-the Python-level cost is per line, never per byte, and data stays ``bytes``.
+the Python-level cost is per line, never per byte, and data stays ``bytes``. A line that
+spans many reads is kept as its pieces and joined once, when it ends, so a long line
+costs its length, not its length times the reads.
+
+Garbage is bounded too: a line over ``MAX_LINE_BYTES`` or an event over
+``MAX_EVENT_BYTES`` is a ``MalformedResponse``, never an unbounded buffer.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from msgspec import Struct
 
 from omnillm.errors import MalformedResponse
 
-__all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSEEvent"]
+__all__ = ["MAX_EVENT_BYTES", "MAX_LINE_BYTES", "SSEDecoder", "SSEEvent"]
 
 MAX_LINE_BYTES: Final = 16 * 1024 * 1024
 """A line longer than this is not a provider's event: an upstream that never ends a line
 would otherwise grow the buffer without bound."""
+MAX_EVENT_BYTES: Final = MAX_LINE_BYTES
+"""The same bound for the ``data:`` lines of one event (an upstream that never sends the
+blank line ending an event)."""
 
 
 class SSEEvent(Struct, frozen=True, gc=False):
@@ -40,12 +48,14 @@ class SSEDecoder:
     """Turns a byte stream into :class:`SSEEvent` values; one decoder per stream."""
 
     def __init__(self) -> None:
-        self._tail = b""
-        """The start of a line whose terminator has not arrived yet."""
+        self._tail: list[bytes] = []
+        """The pieces of a line whose terminator has not arrived yet."""
+        self._tail_size = 0
         self._skip_lf = False
         """The last read ended in ``\\r``: a ``\\n`` opening the next read belongs to it."""
         self._event: str | None = None
         self._data: list[bytes] = []
+        self._data_size = 0
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Decode the next bytes; return the events they completed, in order."""
@@ -53,24 +63,33 @@ class SSEDecoder:
             self._skip_lf = False
             if data[:1] == b"\n":
                 data = data[1:]
-        buffer = self._tail + data if self._tail else data
-        if not buffer:
+        if not data:
             return []
+        if b"\n" not in data and b"\r" not in data:  # the line goes on: keep the piece
+            self._keep(data)
+            return []
+        buffer = b"".join([*self._tail, data]) if self._tail else data
+        self._tail, self._tail_size = [], 0
         lines = buffer.splitlines()
         last = buffer[-1:]
         if last == b"\r":
             self._skip_lf = True
-        self._tail = b"" if last in (b"\n", b"\r") else lines.pop()
-        if len(self._tail) > MAX_LINE_BYTES:
-            raise MalformedResponse(f"an SSE line is over {MAX_LINE_BYTES} bytes with no end")
+        if last not in (b"\n", b"\r"):
+            self._keep(lines.pop())
         return self._lines(lines)
 
     def close(self) -> list[SSEEvent]:
         """The stream ended: treat an unterminated last line and event as complete."""
-        lines = [self._tail, b""] if self._tail else [b""]
-        self._tail = b""
+        lines = [b"".join(self._tail), b""] if self._tail else [b""]
+        self._tail, self._tail_size = [], 0
         self._skip_lf = False
         return self._lines(lines)
+
+    def _keep(self, piece: bytes) -> None:
+        self._tail.append(piece)
+        self._tail_size += len(piece)
+        if self._tail_size > MAX_LINE_BYTES:
+            raise MalformedResponse(f"an SSE line is over {MAX_LINE_BYTES} bytes with no end")
 
     def _lines(self, lines: list[bytes]) -> list[SSEEvent]:
         events: list[SSEEvent] = []
@@ -81,7 +100,7 @@ class SSEDecoder:
             if self._data:
                 events.append(SSEEvent(self._event, b"\n".join(self._data)))
             self._event = None
-            self._data = []
+            self._data, self._data_size = [], 0
         return events
 
     def _field(self, line: bytes) -> None:
@@ -91,5 +110,8 @@ class SSEDecoder:
             value = value[1:]
         if name == b"data":
             self._data.append(value)
+            self._data_size += len(value) + 1
+            if self._data_size > MAX_EVENT_BYTES:
+                raise MalformedResponse(f"an SSE event is over {MAX_EVENT_BYTES} bytes with no end")
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")

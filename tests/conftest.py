@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import hypothesis
 import pytest
 
 from omnillm.client import Client
@@ -16,6 +17,14 @@ from omnillm.embedded import EmbeddedNats
 from omnillm.supervisor import ACTOR_KINDS, Stack
 from omnillm.testing.demo import mock_config
 from omnillm.testing.mock_provider import MockProvider, MockSettings
+
+# The fuzz tests run the same examples everywhere, so CI is deterministic and fast;
+# `pytest --hypothesis-profile=explore` searches wider, at random.
+hypothesis.settings.register_profile(
+    "omnillm", max_examples=200, deadline=None, derandomize=True, database=None
+)
+hypothesis.settings.register_profile("explore", max_examples=5000, deadline=None)
+hypothesis.settings.load_profile("omnillm")
 
 
 @pytest.fixture

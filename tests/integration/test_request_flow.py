@@ -206,6 +206,81 @@ async def test_bad_requests_get_an_error_frame_and_the_router_keeps_serving(
     assert after.text == expected_text("still there?")
 
 
+HOSTILE: list[tuple[bytes, str, str]] = [
+    (b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', "invalid_request", "UTF-8"),
+    (
+        b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", '
+        b'"function": {"name": "f", "parameters": {"a": '
+        + b"[" * 10_000
+        + b"]" * 10_000
+        + b"}}}]}",
+        "invalid_request",
+        "nests too deeply",
+    ),
+    (b'{"model": "a\\u0000b", "messages": [{"role": "user", "content": "x"}]}', "", "control"),
+    (
+        b'{"model": "' + b"m" * 5000 + b'", "messages": [{"role": "user", "content": "x"}]}',
+        "",
+        "256",
+    ),
+    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -3}', "", "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1e999}', "", "range"),
+    (
+        b'{"messages": [{"role": "user", "content": "x"}], "idempotency_key": "'
+        + "\u00e9".encode() * 200
+        + b'"}',
+        "invalid_request",
+        "over 255 bytes",
+    ),
+    (
+        b'{"model": "mock.*.>/x", "messages": [{"role": "user", "content": "x"}]}',
+        "unknown_model",
+        "mock.*.>/x",
+    ),
+]
+
+
+async def test_hostile_requests_get_an_error_frame_and_the_router_keeps_serving(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    async with running(mock_settings(mock_provider), nats_server.url):
+        answers = [await raw_exchange(nats_server.url, payload) for payload, _, _ in HOSTILE]
+        async with client_for(nats_server.url) as client:
+            after = await client.complete(ask("still there?"))
+
+    for (_, code, says), replies in zip(HOSTILE, answers, strict=True):
+        assert [m.data for m in replies[1:]] == [b""]
+        error = decode_frame(replies[0].data)
+        assert isinstance(error, Error)
+        assert error.code == (code or "invalid_request")
+        assert says in error.message
+    assert after.text == expected_text("still there?")
+
+
+async def test_hostile_switch_requests_are_refused_and_the_admin_keeps_answering(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    asks = [
+        b"\xff",
+        b"[" * 100_000,
+        b'{"provider": "' + b"p" * 10_000 + b'"}',
+        b'{"provider": "m.>"}',
+    ]
+    async with running(mock_settings(mock_provider), nats_server.url):
+        nc = await nats.connect(nats_server.url)
+        try:
+            codes = [
+                msgspec.json.decode((await nc.request(subjects.admin("switch"), data)).data)["code"]
+                for data in asks
+            ]
+            providers = await nc.request(subjects.admin("providers"), b"")
+        finally:
+            await nc.close()
+
+    assert codes == ["invalid_request", "invalid_request", "invalid_request", "unknown_provider"]
+    assert "mock" in {row["name"] for row in msgspec.json.decode(providers.data)}
+
+
 async def test_client_raises_the_routers_error_with_its_class(
     nats_server: EmbeddedNats, mock_provider: MockProvider
 ) -> None:

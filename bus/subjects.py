@@ -13,6 +13,7 @@ from typing import Final
 
 __all__ = [
     "ADMIN_PREFIX",
+    "INBOX",
     "PLAN",
     "REQUEST",
     "admin",
@@ -21,6 +22,7 @@ __all__ = [
     "check_token",
     "events",
     "from_key_token",
+    "is_inbox",
     "key_token",
     "usage",
 ]
@@ -31,11 +33,14 @@ PLAN: Final = f"{ROOT}.plan"
 ADMIN_PREFIX: Final = f"{ROOT}.admin"
 CLASSIFIER_QUEUE: Final = "classifier"
 PLANNER_QUEUE: Final = "planner"
+INBOX: Final = "_INBOX"
+"""Clients' inboxes live under ``_INBOX.``; each client user under its own prefix there."""
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PLAIN: Final = frozenset(string.ascii_letters + string.digits + "-")
 _ESCAPED: Final = re.compile(r"_([0-9A-F]{2})")
 _KEY_TOKEN: Final = re.compile(r"(?:[A-Za-z0-9-]|_[0-9A-F]{2})+")
+_INBOX_TOKEN: Final = re.compile(r"[^\s.*>]+")
 
 
 def check_token(token: str) -> str:
@@ -43,6 +48,17 @@ def check_token(token: str) -> str:
     if not _TOKEN.fullmatch(token):
         raise ValueError(f"{token!r} cannot be a subject token: use letters, digits, '-' or '_'")
     return token
+
+
+def is_inbox(subject: str) -> bool:
+    """Whether ``subject`` is a concrete subject under ``_INBOX.``, where answers may go.
+
+    The router streams only there: a client naming any other reply subject would have
+    actors publish frames, with their rights, wherever it pointed (the JetStream API,
+    a KV bucket, another actor's queue).
+    """
+    root, _, rest = subject.partition(".")
+    return root == INBOX and all(_INBOX_TOKEN.fullmatch(t) for t in rest.split("."))
 
 
 def call(provider: str) -> str:

@@ -29,6 +29,7 @@ import msgspec
 from omnillm import costs, listings, openclaw
 from omnillm.actors._ledger_db import GROUPINGS
 from omnillm.actors.admin import ModelRow, ProviderRow
+from omnillm.bus._login import redact
 from omnillm.bus.connection import RID_HEADER, Bus
 from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Reset, Start
 from omnillm.client import DEFAULT_NATS_URL, Client, to_request
@@ -64,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int)
     chat.add_argument("--nats-url", help=f"default: OMNI_NATS_URL or {DEFAULT_NATS_URL}")
     chat.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole answer")
+    chat.add_argument(
+        "--user", help="NATS user (default: OMNI_NATS_USER); the password: OMNI_NATS_PASSWORD"
+    )
+    chat.add_argument(
+        "--inbox-prefix",
+        help="where answers come, the user's own (default: OMNI_NATS_INBOX_PREFIX, "
+        "else _INBOX.<user>)",
+    )
 
     actor = commands.add_parser("actor", help="run one actor against an existing NATS server")
     actor.add_argument("kind", choices=ACTOR_KINDS)
@@ -345,7 +354,9 @@ async def _tap(args: argparse.Namespace, config: Config) -> int:
         tg.start_soon(_cancel_on_signal, tg.cancel_scope)
         await tg.start(partial(tap, url, args.subject, rid=args.rid, as_json=args.json))
         print(
-            f"tapping {', '.join(args.subject)} on {url}; Ctrl-C stops", file=sys.stderr, flush=True
+            f"tapping {', '.join(args.subject)} on {redact(url)}; Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
         )
     return 0
 
@@ -402,7 +413,10 @@ async def _chat(args: argparse.Namespace, config: Config) -> int:
     request: dict[str, Any] = {"model": args.model, "messages": messages}
     if args.max_tokens:
         request["max_tokens"] = args.max_tokens
-    async with Client(url, timeout_s=args.timeout) as client:
+    # The password only ever comes from the environment (OMNI_NATS_PASSWORD), not argv,
+    # where other users of the machine could read it.
+    client = Client(url, timeout_s=args.timeout, user=args.user, inbox_prefix=args.inbox_prefix)
+    async with client:
         return await print_stream(client, request, sys.stdout)
 
 

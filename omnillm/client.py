@@ -79,12 +79,23 @@ def to_request(request: ChatRequest | Mapping[str, Any]) -> ChatRequest:
 
 
 class Client:
+    """Requests over one NATS connection (or ``bus``, shared).
+
+    ``user`` and ``password`` log in as a NATS user; by default the URL's
+    (``nats://user:password@host``), else ``OMNI_NATS_USER`` and ``OMNI_NATS_PASSWORD``.
+    Answers come to ``inbox_prefix`` (default ``_INBOX.<user>``, else ``_INBOX``): the
+    only place a client user of ``nats.conf`` may subscribe, under ``_INBOX.``, the only
+    place the router streams to.
+    """
+
     def __init__(
         self,
         url: str | None = None,
         *,
         bus: Bus | None = None,
-        inbox_prefix: str = "_INBOX",
+        inbox_prefix: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
         timeout_s: float = 120.0,
         first_frame_s: float = 30.0,
         stall_s: float = 60.0,
@@ -94,6 +105,8 @@ class Client:
         self._bus = bus
         self._owns_bus = bus is None
         self._inbox_prefix = inbox_prefix
+        self._user = user
+        self._password = password
         self._connect_wait_s = connect_wait_s
         self.timeout_s = timeout_s
         self.first_frame_s = first_frame_s
@@ -108,11 +121,30 @@ class Client:
                 self._url,
                 name="omnillm-client",
                 inbox_prefix=self._inbox_prefix,
+                user=self._user,
+                password=self._password,
                 connect_wait_s=self._connect_wait_s,
             )
-        self._prefix = self._bus.new_inbox()
-        self._sub = await self._bus.subscribe(f"{self._prefix}.*", self._on_message)
+        try:
+            await self._open_inbox(self._bus)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
+
+    async def _open_inbox(self, bus: Bus) -> None:
+        """Subscribe to this client's inbox, and make sure the server allowed it: a
+        refused subscription would otherwise look like a router that never answers."""
+        self._prefix = bus.new_inbox()
+        if not subjects.is_inbox(self._prefix):
+            prefix = self._prefix.rpartition(".")[0]
+            raise InvalidRequest(
+                f"inbox prefix {prefix!r}: the router streams only to inboxes under "
+                f"{subjects.INBOX}. (such as {subjects.INBOX}.<user>)"
+            )
+        subject = f"{self._prefix}.*"
+        self._sub = await bus.subscribe(subject, self._on_message)
+        await bus.confirm_subscription(subject)
 
     async def __aexit__(
         self,

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hi
 import msgspec
 from msgspec import Struct
 
+from omnillm._nats_conf import user_problems
 from omnillm.bus.messages import Tier
 from omnillm.bus.subjects import check_token
 from omnillm.errors import ConfigError
@@ -54,6 +55,7 @@ __all__ = [
     "LogConfig",
     "ModelConfig",
     "NatsConfig",
+    "NatsUser",
     "PriceConfig",
     "ProviderConfig",
     "ReliabilityConfig",
@@ -74,6 +76,8 @@ PUBLIC_KEY: Final = "public"
 Strategy = Literal["cost", "latency", "priority"]
 
 _MiB: Final = 1024 * 1024
+MAX_REPLICAS: Final = 5
+"""JetStream's limit on copies of a stream."""
 
 
 class _Section(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -93,11 +97,27 @@ class EmbeddedNats(_Section, frozen=True):
     data_dir: str = ".omnillm/nats"
 
 
+class NatsUser(_Section, frozen=True):
+    """A user of the embedded server (``nats.conf`` has the same roles)."""
+
+    name: str
+    password_env: str
+    """The variable holding the password; the password itself is never in the file."""
+    inbox_prefix: str | None = None
+    """Where a client may subscribe, its inbox prefix (default ``_INBOX.<name>``)."""
+    role: Literal["client", "audit"] = "client"
+
+
 class NatsConfig(_Section, frozen=True):
     url: str | None = None
     """Omitted: ``omni up`` starts the embedded server."""
     embedded: EmbeddedNats = EmbeddedNats()
     max_payload: int = 8 * _MiB
+    replicas: int | Literal["auto"] = "auto"
+    """Copies JetStream keeps of each stream and KV bucket (1 to 5). ``auto``: one per
+    node of the cluster the process connects to, at most 3 (1 on a lone server)."""
+    users: list[NatsUser] = []
+    """Client and audit users of the embedded server; none: only OmniLLM's own."""
 
 
 class GatewayKey(_Section, frozen=True):
@@ -562,6 +582,8 @@ def _problems(config: Config) -> Iterator[Problem]:
         where = _key_path("routing.aliases", name)
         where += "" if isinstance(alias, list) else ".models"
         yield from _known_models(where, entries, known)
+    yield from _replicas(config.nats.replicas)
+    yield from user_problems(config.nats.users)
     yield from _positive("nats", config.nats)
     yield from _positive("reliability", config.reliability)
     yield from _positive("reliability.breaker", config.reliability.breaker)
@@ -572,6 +594,11 @@ def _problems(config: Config) -> Iterator[Problem]:
 def _port(path: str, port: int) -> Iterator[Problem]:
     if not 0 <= port <= 65535:
         yield path, f"expected a port number (0-65535), got {port}"
+
+
+def _replicas(replicas: int | str) -> Iterator[Problem]:
+    if isinstance(replicas, int) and not 1 <= replicas <= MAX_REPLICAS:
+        yield "nats.replicas", f"expected auto or 1 to {MAX_REPLICAS}, got {replicas}"
 
 
 def _gateway_keys(gateway: GatewayConfig) -> Iterator[Problem]:

@@ -4,23 +4,43 @@
 on a free port. JetStream is on, its store in the data directory. The server's log
 goes to ``<data_dir>/nats-server.log``; a thread drains the pipe so the server can
 never block on logging.
+
+Its config has ``nats.conf``'s users and permissions (``omnillm/_nats_conf.py``
+renders both): the actor user, and the client and audit users of ``nats.users``. On
+loopback, a connection without credentials acts as a user without limits
+(``no_auth_user``), so a laptop works as it always did: ``omni chat``, ``omni tap '>'``
+and a plain ``nats`` CLI need no password, and only who connects with one is limited.
+Anyone who can reach a loopback port is on this machine already, with its data
+directory and provider keys. Passwords reach the server as environment variables, so
+the file on disk holds none; the actor's is ``OMNI_ACTOR_PASSWORD``, or a random one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
+import json
+import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
 
-from omnillm.errors import OmniLLMError
+from omnillm._nats_conf import (
+    ACTOR_PASSWORD_ENV,
+    LOCAL_PASSWORD_ENV,
+    UserSpec,
+    render_embedded,
+)
+from omnillm.errors import ConfigError, OmniLLMError
 
 __all__ = ["EmbeddedNats", "NatsServerError", "find_nats_server"]
 
@@ -56,15 +76,31 @@ def _die_with_parent() -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def render_config(*, host: str, port: int, store_dir: Path, max_payload: int) -> str:
-    """The embedded server's config file (production permissions live in ``nats.conf``)."""
-    return (
-        f'host: "{host}"\n'
-        f"port: {port if port else -1}\n"
-        f"max_payload: {max_payload}\n"
-        f"max_pending: {max(64 * 1024 * 1024, max_payload * 2)}\n"
-        f'jetstream {{\n  store_dir: "{store_dir}"\n}}\n'
+def render_config(
+    *,
+    host: str,
+    port: int,
+    store_dir: Path,
+    max_payload: int,
+    users: Sequence[UserSpec] = (),
+    anonymous: bool = True,
+) -> str:
+    """The embedded server's config file: ``nats.conf``'s permissions (see the module)."""
+    return render_embedded(
+        host=host,
+        port=port,
+        store_dir=store_dir,
+        max_payload=max_payload,
+        users=users,
+        anonymous=anonymous,
     )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class EmbeddedNats:
@@ -78,12 +114,21 @@ class EmbeddedNats:
         port: int = 0,
         max_payload: int = 8 * 1024 * 1024,
         extra_args: tuple[str, ...] = (),
+        users: Sequence[UserSpec] = (),
+        anonymous: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``users``: ``nats.users``. ``anonymous``: connections without credentials act
+        without limits (loopback only); off, the server is as strict as ``nats.conf``.
+        ``env``: variables for the server besides ours (the users' passwords)."""
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
         self.max_payload = max_payload
         self.extra_args = extra_args
+        self.users = tuple(users)
+        self.anonymous = anonymous
+        self.env = dict(env or {})
         self.process: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
         self._failure: str | None = None
@@ -99,6 +144,14 @@ class EmbeddedNats:
 
     def start(self) -> str:
         """Start the server and wait until it accepts clients; returns its URL."""
+        if self.users and self.anonymous and not _loopback(self.host):
+            raise ConfigError(
+                f"nats.users: the embedded server on {self.host!r} is reachable from other "
+                "machines, and connections without credentials act without limits there, so "
+                "users would limit nothing: keep nats.embedded.host on 127.0.0.1, or run "
+                "nats-server with nats.conf"
+            )
+        env = self._server_env()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "nats-server.conf"
         config.write_text(
@@ -107,10 +160,13 @@ class EmbeddedNats:
                 port=self.port,
                 store_dir=(self.data_dir / "jetstream").resolve(),
                 max_payload=self.max_payload,
+                users=self.users,
+                anonymous=self.anonymous,
             )
         )
         self.process = subprocess.Popen(
             [find_nats_server(), "-c", str(config), *self.extra_args],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -130,6 +186,26 @@ class EmbeddedNats:
                 f"(log: {self.log_path})"
             )
         return self.url
+
+    def _server_env(self) -> dict[str, str]:
+        """Our environment, ``env``, and a password for every user the config names.
+
+        nats-server parses a variable's value as config: ``123`` would be a number,
+        ``-x`` or a space would not parse. So each password goes in quoted.
+        """
+        env = {**os.environ, **self.env}
+        passwords = {
+            ACTOR_PASSWORD_ENV: env.get(ACTOR_PASSWORD_ENV) or secrets.token_hex(24),
+            LOCAL_PASSWORD_ENV: secrets.token_hex(24),  # nobody logs in with it
+        }
+        for i, user in enumerate(self.users):
+            if not env.get(user.password_env):
+                raise ConfigError(
+                    f"nats.users[{i}].password_env: {user.password_env} is not set "
+                    f"(the password of NATS user {user.name!r})"
+                )
+            passwords[user.password_env] = env[user.password_env]
+        return env | {name: json.dumps(value) for name, value in passwords.items()}
 
     def _read_log(self, stream: IO[str]) -> None:
         with self.log_path.open("a") as log:

@@ -117,7 +117,8 @@ def build_actors(
         )
     if "ledger" in kinds:
         reference = settings.config.ledger.reference_model
-        actors.append(LedgerActor(bus, settings, reference_model=reference))
+        replicas = bus.replicas(settings.config.nats.replicas)
+        actors.append(LedgerActor(bus, settings, reference_model=reference, replicas=replicas))
     return actors
 
 
@@ -152,6 +153,7 @@ class Stack:
                 host=config.nats.embedded.host,
                 port=config.nats.embedded.port if embedded_port is None else embedded_port,
                 max_payload=config.nats.max_payload,
+                users=config.nats.users,
             )
         self.actors: list[Service] = []
         self._stop = anyio.Event()
@@ -198,7 +200,8 @@ class Stack:
     async def _serve(self, bus: Bus, task_status: TaskStatus[str]) -> None:
         audit = self.settings.config.audit
         if audit.stream:
-            await ensure_audit_stream(bus, audit.max_age_s)
+            replicas = bus.replicas(self.settings.config.nats.replicas)
+            await ensure_audit_stream(bus, audit.max_age_s, replicas)
         boards = Boards.for_bus(bus, self.settings)
         self.actors = build_actors(
             bus, self.settings, self.kinds, self.providers, boards, self.metrics.registry

@@ -19,7 +19,7 @@ __all__ = ["Boards"]
 @dataclass(frozen=True, slots=True)
 class Boards:
     """The shared state one process keeps: provider health, breakers, dedup claims, and
-    the usage stream the ledger reads."""
+    the usage stream the ledger reads; each with ``nats.replicas`` JetStream replicas."""
 
     health: HealthBoard
     breakers: BreakerBoard
@@ -44,9 +44,10 @@ class Boards:
             event = Event(kind="circuit", provider=provider, model=model or "", reason=reason)
             await emit(bus, event)
 
+        replicas = bus.replicas(settings.config.nats.replicas)
         return cls(
-            health=HealthBoard(bus),
-            breakers=BreakerBoard(bus, policy, on_transition=announce),
-            dedup=DedupBoard(bus, ttl_s=settings.config.dedup.ttl_s),
-            usage=UsagePublisher(bus),
+            health=HealthBoard(bus, replicas=replicas),
+            breakers=BreakerBoard(bus, policy, on_transition=announce, replicas=replicas),
+            dedup=DedupBoard(bus, ttl_s=settings.config.dedup.ttl_s, replicas=replicas),
+            usage=UsagePublisher(bus, replicas=replicas),
         )

@@ -5,7 +5,7 @@ machine is outgrown (``INSERT OR IGNORE`` is ``INSERT ... ON CONFLICT DO NOTHING
 there)::
 
     CREATE TABLE usage (
-        event_id            TEXT PRIMARY KEY,   -- '<rid>.<attempt>', the stream's Nats-Msg-Id
+        event_id            TEXT PRIMARY KEY,   -- '<rid>.<attempt>.<run>', the Nats-Msg-Id
         rid                 TEXT NOT NULL,      -- the request
         attempt             INTEGER NOT NULL,   -- 1, then +1 per fallback or continuation
         at                  REAL NOT NULL,      -- unix time the stream stored the event
@@ -210,7 +210,7 @@ def _day(at: float) -> str:
 def _row(usage: Usage, at: float) -> dict[str, Any]:
     tokens = usage.tokens
     return {
-        "event_id": event_id(usage.rid, usage.attempt),
+        "event_id": event_id(usage.rid, usage.attempt, usage.run),
         "rid": usage.rid,
         "attempt": usage.attempt,
         "at": at,

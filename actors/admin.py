@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Final
+from typing import Annotated, Final
 
 import anyio
 import msgspec
@@ -39,7 +39,8 @@ ANSWERS: Final = ("providers", "models", "switch")
 
 
 class SwitchRequest(msgspec.Struct, forbid_unknown_fields=True):
-    provider: str | None = None
+    provider: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """A provider name is one subject token: at most 64 characters."""
     clear: bool = False
 
 
@@ -183,7 +184,7 @@ class AdminActor:
         self.settings = settings
         self.health = health
         self.breakers = breakers
-        self.switch = SwitchBoard(bus)
+        self.switch = SwitchBoard(bus, replicas=bus.replicas(settings.config.nats.replicas))
         self._stopping = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -231,7 +232,7 @@ class AdminActor:
         """``{"provider": "p"}`` prefers p from now on, ``{"clear": true}`` stops; ``{}`` reads."""
         try:
             ask = msgspec.json.decode(data or b"{}", type=SwitchRequest)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is the latter
             return msgspec.json.encode(Failure(code="invalid_request", message=str(exc)))
         if ask.clear:
             return msgspec.json.encode(await self.switch.set(None))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,6 +84,8 @@ class _Spent:
 
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.run = uuid.uuid4().hex[:16]
+        """This execution of the attempt: another caller may run it too (see ``Usage.run``)."""
         self.spec: ModelSpec | None = None
         self.tries = 0
         self.cost = 0.0
@@ -112,6 +115,7 @@ class _Spent:
             ttft_ms=self.ttft_ms,
             tries=max(self.tries, 1),
             est_input_tokens=classified.input_tokens if classified else 0,
+            run=self.run,
         )
 
 
@@ -202,25 +206,34 @@ class CallerActor(HandoffActor):
         )
         if envelope.reset_reason:
             await sender.reset(envelope.reset_reason)
+        usage: Usage | None = None
         try:
-            gave_up = await self._serve(envelope, sender)
+            gave_up, usage = await self._serve(envelope, sender)
         except Exception as exc:  # a bug must still end the client's stream
             log.exception("%s: caller crashed", envelope.rid)
             failure = Failure(code="internal", message=f"{self.name} failed: {exc!r}")
             gave_up = _GaveUp(failure, Decision(Action.FALLBACK, reason="internal"), None)
-        if gave_up is not None:
-            await self._move_on(envelope, sender, gave_up)
+        try:
+            if gave_up is not None:
+                await self._move_on(envelope, sender, gave_up)
+        finally:
+            # Last: while a clustered stream elects a leader, a publish waits for it (seconds),
+            # and the client's fallback must not wait with it.
+            if usage is not None:
+                await self.usage.publish(usage)
 
-    async def _serve(self, envelope: CallEnvelope, sender: StreamSender) -> _GaveUp | None:
+    async def _serve(
+        self, envelope: CallEnvelope, sender: StreamSender
+    ) -> tuple[_GaveUp | None, Usage]:
         """Call the upstream, retrying per the policy; None once the client has its answer.
 
-        Either way the attempt goes to the ledger: one ``Usage`` event, with the tokens
-        every call of it reported (a failed call is billed only if the provider said so).
+        Either way the attempt goes to the ledger: one ``Usage`` event, returned here, with
+        the tokens every call of it reported (a failed call is billed only if the provider
+        said so).
         """
         spent = _Spent()
         gave_up = await self._calls(envelope, sender, spent)
-        await self.usage.publish(spent.usage(envelope, self.provider, ok=gave_up is None))
-        return gave_up
+        return gave_up, spent.usage(envelope, self.provider, ok=gave_up is None)
 
     async def _calls(
         self, envelope: CallEnvelope, sender: StreamSender, spent: _Spent

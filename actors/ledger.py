@@ -19,7 +19,8 @@ It also answers ``omni.v1.admin.cost`` (``{"by": "provider", "since": null}``) a
 ``Failure``. ``since`` is unix time; null means all time.
 
 Without JetStream nothing is consumed (one warning); the admin answers still come
-from whatever the store holds.
+from whatever the store holds. The ledger tries again every ``REOPEN_S``, so one that
+started before JetStream could hold its stream (a cluster still forming) catches up.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ MAX_ACK_PENDING: Final = 1000
 ACK_CONFIRM_S: Final = 5.0
 RETRY_S: Final = 1.0
 """The wait after a failed fetch before reopening the consumer."""
+REOPEN_S: Final = 5.0
+"""The wait between tries while the consumer was never opened (no JetStream, or not yet)."""
 
 T = TypeVar("T")
 
@@ -128,6 +131,7 @@ class LedgerActor:
         self._stopping = anyio.Event()
         self._progress = anyio.Event()
         self._acked_seq = 0
+        self._warned = False
 
     def stop(self) -> None:
         self._stopping.set()
@@ -145,8 +149,7 @@ class LedgerActor:
                 await self.bus.flush()
                 task_status.started()
                 self._started.set()
-                if self._pull is not None:
-                    tg.start_soon(self._consume)
+                tg.start_soon(self._consume)
                 await self._stopping.wait()
                 tg.cancel_scope.cancel()
             for sub in subs:
@@ -194,8 +197,9 @@ class LedgerActor:
         try:
             await ensure_stream(js, replicas=self.replicas)
             pull = await js.pull_subscribe(SUBJECTS, durable=CONSUMER, stream=STREAM, config=config)
-        except Exception as exc:  # no JetStream on this server
-            if self._js is None:
+        except Exception as exc:  # no JetStream on this server, or it cannot place the stream yet
+            if not self._warned:
+                self._warned = True
                 log.warning("usage is not consumed: %s", exc or type(exc).__name__)
             return None
         self._js = js
@@ -203,8 +207,8 @@ class LedgerActor:
 
     async def _consume(self) -> None:
         while True:
-            if self._pull is None:  # lost: reopen after a pause
-                await anyio.sleep(RETRY_S)
+            if self._pull is None:  # lost, or never opened: reopen after a pause
+                await anyio.sleep(RETRY_S if self._js is not None else REOPEN_S)
                 self._pull = await self._open_consumer()
                 continue
             try:

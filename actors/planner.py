@@ -359,7 +359,7 @@ class PlannerActor(HandoffActor):
         self.health = boards.health
         self.breakers = boards.breakers
         self.dedup: DedupBoard | None = boards.dedup
-        self.switch = SwitchBoard(bus)
+        self.switch = SwitchBoard(bus, replicas=bus.replicas(settings.config.nats.replicas))
         self.budget = BudgetGuard(bus, settings)
         self.expected = EstimateSource(bus)
 

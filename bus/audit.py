@@ -26,10 +26,9 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
 
 from omnillm.bus import subjects
-from omnillm.bus.connection import Bus
+from omnillm.bus.connection import Bus, put_stream
 
 __all__ = ["STREAM", "ensure_audit_stream", "replay_audit"]
 
@@ -52,13 +51,8 @@ def audit_config(max_age_s: float, replicas: int = 1) -> StreamConfig:
 
 async def ensure_audit_stream(bus: Bus, max_age_s: float, replicas: int = 1) -> bool:
     """Create (or update) the audit stream; False, with a warning, without JetStream."""
-    js = bus.nc.jetstream()
-    config = audit_config(max_age_s, replicas)
     try:
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)
+        await put_stream(bus.nc.jetstream(), audit_config(max_age_s, replicas))
     except Exception as exc:
         log.warning("the audit stream is off: %s", exc or type(exc).__name__)
         return False

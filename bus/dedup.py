@@ -53,7 +53,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 from nats.js.kv import KeyValue
 
 from omnillm.bus import subjects
-from omnillm.bus.connection import RID_HEADER, Bus
+from omnillm.bus.connection import RID_HEADER, Bus, put_stream
 from omnillm.bus.messages import END_OF_STREAM, Done, Error, decode_frame, encode
 from omnillm.bus.stream import FrameSequencer
 from omnillm.errors import StreamGap
@@ -182,12 +182,7 @@ class DedupBoard:
             duplicate_window=min(self.ttl_s, 120.0),
             num_replicas=self._replicas,
         )
-        try:
-            await js.add_stream(config)
-        except BadRequestError as exc:
-            if exc.err_code != _STREAM_IN_USE:
-                raise
-            await js.update_stream(config)
+        await put_stream(js, config)
 
     async def claim(self, key: str, rid: str) -> Claim:
         """Claim ``key`` for ``rid``; a duplicate's ``Claim.rid`` names the first request.

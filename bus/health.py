@@ -6,7 +6,9 @@ back to ok), so the bucket costs nothing on the hot path. Every reader (``omni
 providers``, the admin responder, later the planner) sees what any caller saw.
 
 A server without JetStream has no bucket: writes are skipped and reads are empty,
-with one warning; routing never depends on it being there.
+with one warning; routing never depends on it being there. Nor on it answering: while
+the bucket elects a leader (a cluster node was lost), reads keep the last snapshot and
+writes are dropped, each with a warning.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import logging
 import time
 from typing import Final
 
+import anyio
 import msgspec
+import nats.errors
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
@@ -28,6 +32,8 @@ __all__ = ["BUCKET", "HealthBoard"]
 log = logging.getLogger("omnillm.health")
 
 BUCKET: Final = "omni_health"
+READ_WAIT_S: Final = 2.0
+"""The longest a snapshot refresh may take: a request waits on it."""
 _decoder: Final = msgspec.json.Decoder(ProviderHealth)
 
 
@@ -63,8 +69,11 @@ class HealthBoard:
         if time.monotonic() - self._snapshot_at > max_age_s and not self._refreshing:
             self._refreshing = True
             try:
-                self._snapshot = {**await self.all()}
-                self._latency = await self.latencies()
+                with anyio.fail_after(READ_WAIT_S):
+                    self._snapshot = {**await self.all()}
+                    self._latency = await self.latencies()
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("provider health not read, keeping the last: %r", exc)
             finally:
                 self._snapshot_at = time.monotonic()
                 self._refreshing = False
@@ -85,9 +94,8 @@ class HealthBoard:
         return self._latency
 
     async def put_latency(self, stat: LatencyStat) -> None:
-        kv = await self._bucket(create=True)
-        if kv is not None:
-            await kv.put(f"{LATENCY_PREFIX}.{key_token(stat.model)}", msgspec.json.encode(stat))
+        key = f"{LATENCY_PREFIX}.{key_token(stat.model)}"
+        await self._write(key, msgspec.json.encode(stat))
 
     async def latencies(self) -> dict[str, LatencyStat]:
         kv = await self._bucket(create=False)
@@ -110,9 +118,16 @@ class HealthBoard:
 
     async def put(self, health: ProviderHealth) -> None:
         self._snapshot = {**self._snapshot, health.provider: health}
+        await self._write(_key(health.provider), msgspec.json.encode(health))
+
+    async def _write(self, key: str, value: bytes) -> None:
         kv = await self._bucket(create=True)
-        if kv is not None:
-            await kv.put(_key(health.provider), msgspec.json.encode(health))
+        if kv is None:
+            return
+        try:
+            await kv.put(key, value)
+        except nats.errors.Error as exc:
+            log.warning("provider health %s not written: %r", key, exc)
 
     async def get(self, subject: str) -> ProviderHealth | None:
         """The health of a provider (``openai``) or a model (``openai/gpt-4.1-mini``)."""

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Final
 
+import anyio
 import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -24,6 +25,7 @@ log = logging.getLogger("omnillm.switch")
 BUCKET: Final = "omni_config"
 KEY: Final = "switch"
 MAX_AGE_S: Final = 1.0
+READ_WAIT_S: Final = 1.0
 
 
 class Switch(msgspec.Struct):
@@ -61,13 +63,19 @@ class SwitchBoard:
         return self._cached.provider
 
     async def read(self) -> Switch:
+        """The stored switch; the last one read while the bucket does not answer (its
+        stream electing a leader after a node was lost), so routing goes on."""
         kv = await self._bucket()
         if kv is None:
             return Switch()
         try:
-            entry = await kv.get(KEY)
+            with anyio.fail_after(READ_WAIT_S):  # a request waits on this read
+                entry = await kv.get(KEY)
         except KeyNotFoundError:
             return Switch()
+        except Exception as exc:
+            log.warning("omni switch not read, keeping the last one: %r", exc)
+            return self._cached
         return _decoder.decode(entry.value) if entry.value else Switch()
 
     async def set(self, provider: str | None) -> Switch:

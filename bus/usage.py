@@ -1,16 +1,17 @@
 """Usage events into JetStream: the stream ``OMNI_USAGE`` and the publisher callers use.
 
 One ``Usage`` per attempt goes to ``omni.v1.usage.<provider>`` with the header
-``Nats-Msg-Id: <rid>.<attempt>``. The stream keeps events for 90 days and drops a
-repeat of an id within its 2-minute duplicate window, so a publish retried after a
-lost PubAck is stored once; the ledger's ``INSERT OR IGNORE`` on the same id covers
-redeliveries and anything older than the window.
+``Nats-Msg-Id: <rid>.<attempt>.<run>`` (``<run>`` tells apart two executions of one
+attempt; events without one have ``<rid>.<attempt>``). The stream keeps events for
+90 days and drops a repeat of an id within its 2-minute duplicate window, so a
+publish retried after a lost PubAck is stored once; the ledger's ``INSERT OR IGNORE``
+on the same id covers redeliveries and anything older than the window.
 
 Publishing never fails the request it describes. Transient errors (a timeout, no
 responders while a clustered stream elects a leader: nats-py does not retry those)
-are retried with the same id and a short backoff, bounded by ``PUBLISH_BUDGET_S``
-(a stream deleted meanwhile is created again); after that, one warning names the
-lost event. Without JetStream the publisher warns
+are retried with the same id and a backoff, bounded by ``PUBLISH_BUDGET_S``, which
+outlasts an election (a stream deleted meanwhile is created again); after that, one
+warning names the lost event. Without JetStream the publisher warns
 once and every publish is a no-op (it tries to open the stream again every
 ``REOPEN_AFTER_S``, in case JetStream was only briefly away).
 """
@@ -18,6 +19,7 @@ once and every publish is a no-op (it tries to open the stream again every
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from typing import Final
@@ -27,10 +29,10 @@ import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from omnillm.bus import subjects
-from omnillm.bus.connection import RID_HEADER, Bus
+from omnillm.bus.connection import RID_HEADER, Bus, put_stream
 from omnillm.bus.messages import Usage, encode
 
 __all__ = [
@@ -52,21 +54,24 @@ SUBJECTS: Final = f"{subjects.ROOT}.usage.>"
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 MAX_AGE_S: Final = 90 * 24 * 3600.0
 DUPLICATE_WINDOW_S: Final = 120.0
-PUBLISH_BUDGET_S: Final = 2.5
-"""The longest one publish may take, retries included."""
+PUBLISH_BUDGET_S: Final = 15.0
+"""The longest one publish may take, retries included. A clustered stream that lost its
+leader has none for up to about 9 s (the servers' raft election timeouts are 4 to 9 s,
+measured 4.5 s and more on a three-node loopback cluster), plus the time to notice."""
 REOPEN_AFTER_S: Final = 30.0
 _TRY_TIMEOUT_S: Final = 0.5
-_BACKOFF_S: Final = (0.05, 0.1, 0.2, 0.4)
-"""Waits between tries: five tries in all."""
+_BACKOFF_S: Final = (0.05, 0.1, 0.2, 0.4, 0.8)
+"""Waits between the first tries; then one a second until the budget is spent."""
+_BACKOFF_MAX_S: Final = 1.0
 _TRANSIENT: Final = (NoStreamResponseError, NatsTimeoutError, ServiceUnavailableError)
-_STREAM_IN_USE: Final = 10058
 
 _decoder: Final = msgspec.json.Decoder(Usage)
 
 
-def event_id(rid: str, attempt: int) -> str:
-    """``<rid>.<attempt>``: the event's ``Nats-Msg-Id`` and the ledger's primary key."""
-    return f"{rid}.{attempt}"
+def event_id(rid: str, attempt: int, run: str = "") -> str:
+    """``<rid>.<attempt>.<run>`` (``<rid>.<attempt>`` without a run): the event's
+    ``Nats-Msg-Id`` and the ledger's primary key."""
+    return f"{rid}.{attempt}.{run}" if run else f"{rid}.{attempt}"
 
 
 def decode_usage(data: bytes) -> Usage:
@@ -88,17 +93,12 @@ def stream_config(replicas: int = 1) -> StreamConfig:
 
 
 async def ensure_stream(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create ``OMNI_USAGE``, or bring an existing one to this config. Idempotent.
+    """Create ``OMNI_USAGE``, or bring an existing one to this config (never fewer
+    replicas). Idempotent.
 
     Raises what nats-py raises when there is no JetStream (``ServiceUnavailableError``).
     """
-    config = stream_config(replicas)
-    try:
-        await js.add_stream(config)
-    except BadRequestError as exc:
-        if exc.err_code != _STREAM_IN_USE:
-            raise
-        await js.update_stream(config)
+    await put_stream(js, stream_config(replicas))
 
 
 class UsagePublisher:
@@ -144,7 +144,7 @@ class UsagePublisher:
             return
         if not await self.open():
             return
-        msg_id = event_id(usage.rid, usage.attempt)
+        msg_id = event_id(usage.rid, usage.attempt, usage.run)
         headers = {MSG_ID_HEADER: msg_id, RID_HEADER: usage.rid}
         error = await self._publish(subject, encode(usage), headers)
         if error is not None:
@@ -157,7 +157,7 @@ class UsagePublisher:
         assert self._js is not None
         error: Exception | None = None
         with anyio.move_on_after(PUBLISH_BUDGET_S):
-            for delay in (*_BACKOFF_S, None):
+            for delay in itertools.chain(_BACKOFF_S, itertools.repeat(_BACKOFF_MAX_S)):
                 try:
                     await self._js.publish(
                         subject, payload, timeout=_TRY_TIMEOUT_S, headers=headers
@@ -171,8 +171,7 @@ class UsagePublisher:
                     return exc
                 else:
                     return None
-                if delay is not None:
-                    await anyio.sleep(delay)
+                await anyio.sleep(delay)
         return error or TimeoutError(f"no PubAck within {PUBLISH_BUDGET_S:g}s")
 
     async def _recreate(self) -> None:

@@ -44,9 +44,12 @@ class Actor(abc.ABC):
         queue: str,
         workers: int = DEFAULT_WORKERS,
         backlog: int = 0,
+        also: tuple[str, ...] = (),
     ):
         self.bus = bus
         self.subject = subject
+        self.also = also
+        """More subjects served by the same queue group and workers."""
         self.queue = queue
         self.workers = workers
         self._send, self._receive = anyio.create_memory_object_stream[Msg](backlog)
@@ -58,11 +61,15 @@ class Actor(abc.ABC):
             for _ in range(self.workers):
                 tg.start_soon(self._worker, self._receive.clone())
             self._receive.close()
-            sub = await self.bus.subscribe(self.subject, self._on_message, queue=self.queue)
+            subs = [
+                await self.bus.subscribe(subject, self._on_message, queue=self.queue)
+                for subject in (self.subject, *self.also)
+            ]
             await self.bus.flush()
             task_status.started()
             await self._stopping.wait()
-            await sub.drain()  # type: ignore[no-untyped-call]
+            for sub in subs:
+                await sub.drain()  # type: ignore[no-untyped-call]
             self._send.close()
 
     def stop(self) -> None:

@@ -240,11 +240,12 @@ def classify(request: ChatRequest, config: ClassifierConfig = DEFAULT) -> Classi
     )
 
 
-def _key_of(request: ChatRequest) -> str:
+def _key_of(request: ChatRequest, subject: str) -> str:
     """The gateway key's name the gateway tagged the request with (``key:<name>``), for
-    the ledger and budgets. NATS permissions keep other clients from publishing tags."""
+    the ledger and budgets: trusted only on the gateway's subject, which NATS permissions
+    keep clients from publishing to (a client's own ``key:`` tag bills nobody's key)."""
     metadata = request.metadata
-    if isinstance(metadata, msgspec.UnsetType):
+    if subject != subjects.GATEWAY_REQUEST or isinstance(metadata, msgspec.UnsetType):
         return ""
     return next((tag[4:] for tag in metadata.tags if tag.startswith("key:")), "")
 
@@ -276,6 +277,7 @@ class ClassifierActor(Actor):
         super().__init__(
             bus,
             subject=subjects.REQUEST,
+            also=(subjects.GATEWAY_REQUEST,),
             queue=subjects.CLASSIFIER_QUEUE,
             workers=workers,
             backlog=backlog,
@@ -314,7 +316,7 @@ class ClassifierActor(Actor):
             reason = f"{result.code}: {result.message}"
             await emit(self.bus, Event(kind="reject", rid=rid, reason=reason[:500]))
             return
-        envelope = self._envelope(rid, msg.reply, result)
+        envelope = self._envelope(rid, msg, result)
         if await self._is_duplicate(envelope):
             return
         await self._forward(envelope)
@@ -342,21 +344,21 @@ class ClassifierActor(Actor):
 
     async def crashed(self, msg: Msg, exc: Exception) -> None:
         """A bug answers the client at once, not at its first-frame timeout."""
-        if msg.reply:
+        if subjects.is_inbox(msg.reply):
             failure = Failure(code="internal", message=f"the classifier failed: {exc!r}")
             await send_failure(self.bus, msg.reply, request_id(msg), 0, failure)
 
-    def _envelope(self, rid: str, reply: str, request: ChatRequest) -> CallEnvelope:
+    def _envelope(self, rid: str, msg: Msg, request: ChatRequest) -> CallEnvelope:
         now = time.time()
         timeout = request.timeout_s if isinstance(request.timeout_s, float) else None
         return CallEnvelope(
             rid=rid,
             request=request,
-            reply=reply,
+            reply=msg.reply,
             deadline=now + min(timeout or self.request_timeout_s, self.request_timeout_s),
             classified=classify(request, self.config),
             created_at=now,
-            key=_key_of(request),
+            key=_key_of(request, msg.subject),
         )
 
     async def _forward(self, envelope: CallEnvelope) -> None:

@@ -150,7 +150,9 @@ class GatewayActor:
         """
         sock = _listen(self.host, self.port)
         timeout_s = self.settings.config.reliability.request_timeout_s
-        async with Client(bus=self.bus, timeout_s=timeout_s) as client:
+        async with Client(
+            bus=self.bus, timeout_s=timeout_s, subject=subjects.GATEWAY_REQUEST
+        ) as client:
             self._client = client
             config = uvicorn.Config(
                 self.app(), log_level="warning", lifespan="off", log_config=None, access_log=False

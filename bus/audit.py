@@ -40,7 +40,7 @@ STREAM: Final = "OMNI_AUDIT"
 def audit_config(max_age_s: float, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=STREAM,
-        subjects=[subjects.REQUEST, f"{subjects.ROOT}.events.>"],
+        subjects=[subjects.REQUEST, subjects.GATEWAY_REQUEST, f"{subjects.ROOT}.events.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=max_age_s,

@@ -13,6 +13,7 @@ from typing import Final
 
 __all__ = [
     "ADMIN_PREFIX",
+    "GATEWAY_REQUEST",
     "INBOX",
     "PLAN",
     "REQUEST",
@@ -29,6 +30,9 @@ __all__ = [
 
 ROOT: Final = "omni.v1"
 REQUEST: Final = f"{ROOT}.request"
+GATEWAY_REQUEST: Final = f"{ROOT}.request.gateway"
+"""Where the gateway publishes: only actors may, so the ``key:`` tag on a request that
+arrives here names a gateway key the gateway checked; on ``REQUEST`` it is ignored."""
 PLAN: Final = f"{ROOT}.plan"
 ADMIN_PREFIX: Final = f"{ROOT}.admin"
 CLASSIFIER_QUEUE: Final = "classifier"

@@ -100,8 +100,11 @@ class Client:
         first_frame_s: float = 30.0,
         stall_s: float = 60.0,
         connect_wait_s: float = 5.0,
+        subject: str = subjects.REQUEST,
     ) -> None:
         self._url = url or DEFAULT_NATS_URL
+        self._subject = subject
+        """Where requests go; the gateway's is one only actors may publish to."""
         self._bus = bus
         self._owns_bus = bus is None
         self._inbox_prefix = inbox_prefix
@@ -190,7 +193,7 @@ class Client:
         self._streams[rid] = send
         try:
             await bus.publish(
-                subjects.REQUEST, payload, headers=headers, reply=f"{self._prefix}.{rid}"
+                self._subject, payload, headers=headers, reply=f"{self._prefix}.{rid}"
             )
             frames = read_frames(
                 receive,

@@ -80,7 +80,7 @@ def _preview(text: str) -> str:
 def summarize(subject: str, headers: Mapping[str, str] | None, data: bytes) -> dict[str, Any]:
     """The fields worth a line: ``kind`` first, then what that kind of message carries."""
     try:
-        if subject == subjects.REQUEST:
+        if subject in (subjects.REQUEST, subjects.GATEWAY_REQUEST):
             return _request(data)
         if subject == subjects.PLAN or subject.startswith(_CALL_PREFIX):
             return _envelope(data)

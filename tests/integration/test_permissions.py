@@ -144,13 +144,16 @@ async def test_a_client_asking_with_another_clients_inbox_prefix_is_refused_at_o
             pass
 
 
-async def test_a_client_cannot_publish_handoffs_usage_or_switch(secured: EmbeddedNats) -> None:
+async def test_a_client_cannot_publish_handoffs_usage_switch_or_gateway_requests(
+    secured: EmbeddedNats,
+) -> None:
     forged = [
         subjects.call("mock"),
         subjects.usage("mock"),
         subjects.PLAN,
         subjects.admin("switch"),
         subjects.events("breaker"),
+        subjects.GATEWAY_REQUEST,  # where a key: tag is believed
     ]
     async with connected(secured, "acme") as acme, connected(secured, ACTOR) as actor:
         everything = await Watch(actor, f"{subjects.ROOT}.>").start()

@@ -14,6 +14,7 @@ import pytest
 from omnillm.bus import subjects
 from omnillm.bus.connection import RID_HEADER
 from omnillm.bus.messages import Delta, Done, Error, Start, decode_frame
+from omnillm.client import Client
 from omnillm.embedded import EmbeddedNats
 from omnillm.errors import FirstFrameTimeout, ModelNotFound, NoCandidates, NoRouter, UnknownModel
 from omnillm.testing.mock_provider import MockProvider, answer_tokens, count_prompt_tokens
@@ -449,3 +450,29 @@ async def test_the_start_frame_says_why_the_router_chose_this_model(
     assert start.est_cost_usd > 0
     assert "mock/mock-medium: denied by the routing deny list" in start.skipped
     assert prompt_tokens > 0
+
+
+async def test_a_gateway_key_tag_is_believed_only_on_the_gateway_subject(
+    nats_server: EmbeddedNats, mock_provider: MockProvider
+) -> None:
+    """A NATS client cannot bill a gateway key (or spend its budget) by tagging itself."""
+    tagged = ask("whose bill is this", metadata={"tags": ["key:team-a"]})
+    planned: dict[str, str] = {}
+
+    async def on_plan(msg: Any) -> None:
+        envelope = msgspec.json.decode(msg.data)
+        planned[envelope["rid"]] = envelope.get("key", "")  # left out when empty
+
+    async with running(mock_settings(mock_provider), nats_server.url):
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.subscribe(subjects.PLAN, cb=on_plan)
+            await nc.flush()
+            async with client_for(nats_server.url) as client:
+                from_client = await client.complete(tagged)
+            async with Client(nats_server.url, subject=subjects.GATEWAY_REQUEST) as gateway:
+                from_gateway = await gateway.complete(tagged)
+            await nc.flush()  # the plans were published long before the answers ended
+        finally:
+            await nc.close()
+    assert planned == {from_client.rid: "", from_gateway.rid: "team-a"}

@@ -21,6 +21,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from omnillm.actors._ledger_db import Estimates
 from omnillm.actors.ledger import CostQuery, CostRow, Grouping, SpendQuery, Stats, StatsQuery
 from omnillm.bus import subjects
+from omnillm.bus._login import redact
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import Failure
 from omnillm.errors import InvalidRequest, OmniLLMError, RoutingError, from_code
@@ -102,7 +103,9 @@ async def _ask(url: str, what: str, query: msgspec.Struct, answer: type[T]) -> T
     try:
         reply = await bus.nc.request(subject, msgspec.json.encode(query), timeout=_ASK_TIMEOUT_S)
     except (NoRespondersError, NatsTimeoutError) as exc:
-        raise NoLedger(f"no ledger answered on {subject} at {url}: is `omni up` running?") from exc
+        raise NoLedger(
+            f"no ledger answered on {subject} at {redact(url)}: is `omni up` running?"
+        ) from exc
     finally:
         await bus.close()
     try:

@@ -16,6 +16,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from omnillm.actors.admin import ModelRow, ProviderRow, model_rows, provider_rows
 from omnillm.bus import subjects
+from omnillm.bus._login import redact
 from omnillm.bus.connection import Bus, NatsUnreachable
 from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import ProviderHealth
@@ -38,13 +39,13 @@ async def fetch(
     try:
         bus = await Bus.connect(url, name="omnillm-cli", connect_wait_s=1.0)
     except NatsUnreachable:
-        return local({}), f"no NATS at {url}: showing the local config"
+        return local({}), f"no NATS at {redact(url)}: showing the local config"
     try:
         reply = await bus.nc.request(subjects.admin(what), b"", timeout=_ASK_TIMEOUT_S)
         return msgspec.json.decode(reply.data, type=rows_type), None
     except (NoRespondersError, NatsTimeoutError):
         health = await HealthBoard(bus).all()
-        return local(health), f"no router answered at {url}: showing the local config"
+        return local(health), f"no router answered at {redact(url)}: showing the local config"
     finally:
         await bus.close()
 
@@ -54,13 +55,13 @@ async def admin_request(url: str, what: str, body: dict[str, Any]) -> dict[str, 
     try:
         bus = await Bus.connect(url, name="omnillm-cli", connect_wait_s=1.0)
     except NatsUnreachable as exc:
-        raise NoRouter(f"no NATS at {url}: is `omni up` running?") from exc
+        raise NoRouter(f"no NATS at {redact(url)}: is `omni up` running?") from exc
     try:
         reply = await bus.nc.request(
             subjects.admin(what), msgspec.json.encode(body), timeout=_ASK_TIMEOUT_S
         )
     except (NoRespondersError, NatsTimeoutError) as exc:
-        raise NoRouter(f"no router answered on {subjects.admin(what)} at {url}") from exc
+        raise NoRouter(f"no router answered on {subjects.admin(what)} at {redact(url)}") from exc
     finally:
         await bus.close()
     answer: dict[str, Any] = msgspec.json.decode(reply.data)

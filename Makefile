@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo lint format typecheck bench soak clean test-openclaw e2e-openclaw
+.PHONY: run test demo lint format typecheck bench bench-soak bench-profile clean test-openclaw e2e-openclaw
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -47,8 +47,17 @@ test-openclaw:
 e2e-openclaw: $(STAMP)
 	integrations/openclaw/e2e.sh
 
+# Benchmarks, not part of `make test` (bench/README.md): OmniLLM over NATS and over its gateway
+# against the mock called directly, a bare pass-through proxy and LiteLLM's proxy, interleaved.
+# Options go in BENCH_ARGS, e.g. BENCH_ARGS='--no-litellm --json bench/results/run.json'.
 bench: $(STAMP)
-	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.driver $(BENCH_ARGS)
+
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(BENCH_ARGS)
+
+bench-profile: $(STAMP)
+	$(BIN)/python -m bench.profile $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -425,7 +425,10 @@ def _listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so a taken port is an ``OSError`` to the caller
     (uvicorn would exit the process)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket says TCP, and with Nagle on, every streamed answer after the first
+    # on a keep-alive connection waited about 40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import Final
+from collections import OrderedDict
+from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskStatus
@@ -76,6 +77,8 @@ class Actor(abc.ABC):
         self._stopping.set()
 
     async def _on_message(self, msg: Msg) -> None:
+        if await self.repeated(msg):
+            return
         try:
             self._send.send_nowait(msg)
         except anyio.WouldBlock:
@@ -108,6 +111,10 @@ class Actor(abc.ABC):
     async def admitted(self, msg: Msg) -> None:  # noqa: B027 - a hook; most actors say nothing
         """Called when ``msg`` was handed to a worker (handoff actors answer Accepted)."""
 
+    async def repeated(self, msg: Msg) -> bool:
+        """True if ``msg`` is a repeat this actor has already dealt with (then dropped)."""
+        return False
+
     @abc.abstractmethod
     async def refuse(self, msg: Msg) -> None:
         """Every worker is busy: tell the sender, so the request is not lost."""
@@ -117,10 +124,35 @@ class Actor(abc.ABC):
         """Do the work; must end the client's stream on every failure path."""
 
 
+REMEMBERED_OFFERS: Final = 4096
+"""Offers a handoff actor remembers having taken, to run a repeated one only once."""
+
+
 class HandoffActor(Actor):
-    """An actor reached by handoff: it answers Accepted or Busy at once."""
+    """An actor reached by handoff: it answers Accepted or Busy at once.
+
+    A sender that hears nothing within its wait offers the same bytes again, and the
+    queue group may pick this instance again: in a loaded process the first Accepted
+    was only late. Running the repeat would stream a second copy of the same attempt
+    into the client's inbox (a gap the client fails on), so a repeat of an offer taken
+    here is accepted again and dropped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._taken: OrderedDict[tuple[str, int], None] = OrderedDict()
+
+    async def repeated(self, msg: Msg) -> bool:
+        if (msg.subject, hash(msg.data)) not in self._taken:
+            return False
+        log.info("%s: an offer taken here came again (its Accepted was late)", self.name)
+        await accept(self.bus, msg)
+        return True
 
     async def admitted(self, msg: Msg) -> None:
+        self._taken[(msg.subject, hash(msg.data))] = None
+        if len(self._taken) > REMEMBERED_OFFERS:
+            self._taken.popitem(last=False)
         await accept(self.bus, msg)
 
     async def refuse(self, msg: Msg) -> None:

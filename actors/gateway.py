@@ -22,6 +22,13 @@ request to the first frame arriving, so routing plus the upstream's own time to 
 token. Non-streamed answers add ``-attempts``, ``-cost-usd`` and ``-ttft-ms`` (the
 upstream's time to first token, as the caller measured it: overhead minus this is the
 router's own share).
+
+**Workers.** With ``omni up --workers N`` a gateway runs in each of N processes on one
+port (``worker``): number 0 binds it first, the others join with ``SO_REUSEPORT`` and
+the kernel spreads new connections over them. Each response names its process in
+``x-omnillm-worker``. Only number 0, in the main process, counts metrics; the others
+relay ``/metrics`` to it over ``metrics_subject`` (a tap in every worker would decode
+every event once more per worker, about 0.2 ms of CPU a request each).
 """
 
 from __future__ import annotations
@@ -30,13 +37,15 @@ import logging
 import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Final
 
 import anyio
 import msgspec
 import uvicorn
 from anyio.abc import TaskStatus
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from prometheus_client import CollectorRegistry
@@ -127,7 +136,14 @@ class GatewayActor:
         port: int = 4000,
         env: Mapping[str, str] | None = None,
         metrics: CollectorRegistry | None = None,
+        worker: int | None = None,
+        metrics_subject: str | None = None,
     ) -> None:
+        self.worker = worker
+        """This process's number among several serving one port; None: the port is its own."""
+        self.metrics_subject = metrics_subject
+        """With ``metrics``: answer the other workers' scrapes here. Without: relay
+        ``GET /metrics`` here, to the process that counts."""
         self.metrics = metrics
         """Served on ``GET /metrics`` when given (the process's cluster-wide counts)."""
         self.bus = bus
@@ -148,14 +164,23 @@ class GatewayActor:
         ``stop()`` closes the listening socket, lets in-flight answers finish, then
         returns; cancelling ``run`` cuts them instead.
         """
-        sock = _listen(self.host, self.port)
+        if self.worker == 0 and self.port:  # the first of a group: nobody else may hold it
+            _check_free(self.host, self.port)
+        sock = _listen(self.host, self.port, reuse_port=self.worker is not None)
         timeout_s = self.settings.config.reliability.request_timeout_s
-        async with Client(
-            bus=self.bus, timeout_s=timeout_s, subject=subjects.GATEWAY_REQUEST
-        ) as client:
+        async with (
+            Client(bus=self.bus, timeout_s=timeout_s, subject=subjects.GATEWAY_REQUEST) as client,
+            self._answering_scrapes(),
+        ):
             self._client = client
+            tag = [("x-omnillm-worker", str(self.worker))] if self.worker is not None else None
             config = uvicorn.Config(
-                self.app(), log_level="warning", lifespan="off", log_config=None, access_log=False
+                self.app(),
+                log_level="warning",
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                headers=tag,
             )
             config.load()
             server = self._server = uvicorn.Server(config)
@@ -174,6 +199,26 @@ class GatewayActor:
         self._stopping = True
         if self._server is not None:
             self._server.should_exit = True
+
+    @asynccontextmanager
+    async def _answering_scrapes(self) -> AsyncIterator[None]:
+        """Answer the other workers' relayed scrapes, if this gateway counts for them."""
+        if self.metrics is None or self.metrics_subject is None:
+            yield
+            return
+        subscription = await self.bus.subscribe(self.metrics_subject, self._answer_scrape)
+        await self.bus.flush()
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True), suppress(NatsError):
+                await subscription.unsubscribe()
+
+    async def _answer_scrape(self, msg: Msg) -> None:
+        assert self.metrics is not None
+        encoder, content_type = choose_encoder(msg.data.decode(errors="replace"))
+        headers = {"Content-Type": content_type}
+        await self.bus.nc.publish(msg.reply, encoder(self.metrics), headers=headers)
 
     def app(self) -> Starlette:
         routes = [
@@ -276,10 +321,18 @@ class GatewayActor:
         return await self._body(request, ADMIN_MAX_BYTES)
 
     async def prometheus(self, request: Request) -> Response:
-        if self.metrics is None:
+        accept = request.headers.get("accept", "")
+        if self.metrics is not None:
+            encoder, content_type = choose_encoder(accept)
+            return Response(encoder(self.metrics), media_type=content_type)
+        if self.metrics_subject is None:
             return error_response("not_found", "this gateway serves no metrics")
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(self.metrics), media_type=content_type)
+        try:
+            reply = await self.bus.nc.request(self.metrics_subject, accept.encode(), timeout=2.0)
+        except (NoRespondersError, NatsTimeoutError):
+            return error_response("no_router", "the omni up process that counts did not answer")
+        content_type = (reply.headers or {}).get("Content-Type", "text/plain")
+        return Response(reply.data, media_type=content_type)
 
     async def healthz(self, request: Request) -> Response:
         up = bool(self.bus.nc.is_connected)
@@ -421,9 +474,20 @@ async def _whole(exchange: _Exchange, first: Start | Done) -> Response:
     return Response(body, headers=headers, media_type=_JSON)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _check_free(host: str, port: int) -> None:
+    """``OSError`` (address in use) if anything listens on ``port``, even a group of
+    ``SO_REUSEPORT`` sockets another ``omni up --workers`` of this user holds, which a
+    socket of our own group would silently join."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        probe.bind((host, port))
+
+
+def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """The listening socket, bound here so a taken port is an ``OSError`` to the caller
-    (uvicorn would exit the process)."""
+    (uvicorn would exit the process). ``reuse_port``: processes of this user may listen
+    on the same port (``SO_REUSEPORT``), and the kernel spreads connections over them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
     # listening socket says TCP, and with Nagle on, every streamed answer after the first
@@ -431,6 +495,8 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError:

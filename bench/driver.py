@@ -23,8 +23,9 @@ writes everything. Run from the repository root::
 
     python -m bench.driver [--no-litellm] [--json PATH] [--rounds 5] [--tokens 20]
 
-``--ab-command CMD`` runs a second ``omni up`` (another build) in the same rounds and
-compares the two.
+``--omni-workers N`` (default 2) also runs ``omni up --workers N`` (``omni-wN-nats``,
+``omni-wN-gateway``) and compares it with the one-process build; ``--ab-command CMD``
+runs a second ``omni up`` (another build) in the same rounds and compares the two.
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ def _start_all(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack
     stack.callback(mock.stop)
     setups = [Setup("direct", mock_url, systems.UPSTREAM_MODEL, [mock])]
     setups += _start_omni("omni", work, mock_url, args.omni_command, stack)
+    if args.omni_workers > 1:
+        name = f"omni-w{args.omni_workers}"
+        (work / name).mkdir(exist_ok=True)
+        setups += _start_omni(
+            name, work / name, mock_url, args.omni_command, stack, workers=args.omni_workers
+        )
     if args.ab_command:
         b_work = work / args.ab_name
         b_work.mkdir(exist_ok=True)
@@ -135,12 +142,21 @@ def _start_all(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack
 
 
 def _start_omni(
-    name: str, work: Path, mock_url: str, command: list[str], stack: contextlib.ExitStack
+    name: str,
+    work: Path,
+    mock_url: str,
+    command: list[str],
+    stack: contextlib.ExitStack,
+    *,
+    workers: int = 1,
 ) -> list[Setup]:
     """``omni up`` and its two paths (``NAME-nats``, ``NAME-gateway``)."""
-    omni, nats_url, gateway_url = systems.start_omni(work, mock_url, command=command)
+    omni, nats_url, gateway_url = systems.start_omni(
+        work, mock_url, command=command, workers=workers
+    )
     stack.callback(omni.stop)
-    how = f"({shlex.join(command)})" if name != "omni" else ""
+    how = f"({shlex.join(command)})" if name != "omni" and workers == 1 else ""
+    how = f"(--workers {workers})" if workers > 1 else how
     return [
         Setup(
             f"{name}-nats",
@@ -323,6 +339,9 @@ def _report(run: Run, started: datetime.datetime, load_before: tuple[float, ...]
     print(f"targets (2 cores, mock answering 20 tokens with no delay{caveat}):")
     for verdict in checked:
         print(verdict.line())
+    if args.omni_workers > 1:
+        print()
+        print(ab_table(results, f"omni-w{args.omni_workers}"))
     if args.ab_command:
         print()
         print(ab_table(results, args.ab_name))
@@ -385,6 +404,13 @@ def _parser() -> argparse.ArgumentParser:
         "first, and compare the two (an A/B test of a change)",
     )
     add("--ab-name", default="omni-b", help="the second build's name in the tables")
+    add(
+        "--omni-workers",
+        type=int,
+        default=2,
+        help="also run `omni up --workers N` (systems omni-wN-nats, omni-wN-gateway) and "
+        "compare it with one process (default 2; 1: skip)",
+    )
     add("--work", type=Path, help="keep configs and logs here (default: a temporary folder)")
     return parser
 

@@ -3,7 +3,8 @@
 - the mock upstream (:mod:`bench.mock_upstream`);
 - OmniLLM: ``omni up`` with a custom openai-family provider ``mock`` whose base URL is
   the mock, the model ``mock/bench`` pinned by name, the gateway and the embedded
-  nats-server on free ports, the ledger and NATS data in the run's temporary folder;
+  nats-server on free ports, the ledger and NATS data in the run's temporary folder
+  (and a second one with ``--workers N``, to compare);
 - the bare pass-through proxy (:mod:`bench.passthrough`);
 - LiteLLM's proxy, from a throwaway virtual environment this module creates
   (``pip install 'litellm[proxy]'``; never a dependency of OmniLLM), one worker,
@@ -80,15 +81,18 @@ def omni_config(work: Path, mock_url: str) -> str:
 
 
 def start_omni(
-    work: Path, mock_url: str, *, command: Sequence[str] | None = None
+    work: Path, mock_url: str, *, command: Sequence[str] | None = None, workers: int = 1
 ) -> tuple[Proc, str, str]:
     """``omni up``; returns it, its NATS URL and its gateway base URL, once it serves.
 
-    ``command`` runs ``omni`` (default: this Python's ``omnillm.cli``)."""
+    ``command`` runs ``omni`` (default: this Python's ``omnillm.cli``); ``workers`` above
+    1 adds ``--workers`` (its worker processes are the ``Proc``'s descendants)."""
     config = work / "omnillm.yaml"
     config.write_text(omni_config(work, mock_url))
     omni = list(command or [sys.executable, "-m", "omnillm.cli"])
     args = [*omni, "--config", str(config), "up"]
+    if workers > 1:
+        args += ["--workers", str(workers)]
     proc = Proc("omni up", args, work / "omni.log", cwd=work)
     line = proc.wait_line(r"OmniLLM up: NATS (\S+) .*OpenAI-compatible API: (\S+?)\.? ", _START_S)
     nats_url, gateway_url = line.group(1), line.group(2)

@@ -21,10 +21,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import anyio
 import msgspec
+from anyio.abc import TaskStatus
 
 from omnillm import costs, listings, openclaw
 from omnillm.actors._ledger_db import GROUPINGS
@@ -33,10 +34,11 @@ from omnillm.bus._login import redact
 from omnillm.bus.connection import RID_HEADER, Bus
 from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Reset, Start
 from omnillm.client import DEFAULT_NATS_URL, Client, to_request
-from omnillm.config import Config, load_config, resolve
+from omnillm.config import MAX_WORKERS, Config, load_config, resolve
 from omnillm.errors import InvalidRequest, OmniLLMError
 from omnillm.logs import configure_logging
 from omnillm.supervisor import ACTOR_KINDS, Stack, servable_providers
+from omnillm.workers import tag_logs, worker_count
 
 __all__ = ["main"]
 
@@ -52,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-url", help="use this NATS server instead of starting one")
     up.add_argument("--nats-port", type=int, help="port of the embedded server (0: a free one)")
     up.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (0: a free port)")
+    up.add_argument(
+        "--workers",
+        type=_workers,
+        help="processes serving the gateway, on one port (auto: one per CPU, at most 4; "
+        "default: gateway.workers, else 1)",
+    )
 
     demo = commands.add_parser("demo", help="run against a built-in mock provider, ask, answer")
     demo.add_argument("question", nargs="?", default="Explain what a router for LLMs does.")
@@ -155,6 +163,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _workers(text: str) -> int | Literal["auto"]:
+    if text == "auto":
+        return "auto"
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+    if not 1 <= workers <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_WORKERS}, got {workers}")
+    return workers
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -177,10 +197,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         }[args.command]
         return anyio.run(handler, args, config)
     except OmniLLMError as exc:
-        print(f"omni: {exc.code}: {exc.message}", file=sys.stderr)
-        return 2 if exc.code == "config_error" else 1
+        return _failed(exc)
+    except BaseExceptionGroup as group:  # raised inside a task group, e.g. by Stack.run
+        if (error := _lone_error(group)) is None:
+            raise
+        return _failed(error)
     except KeyboardInterrupt:
         return 130
+
+
+def _failed(exc: OmniLLMError) -> int:
+    print(f"omni: {exc.code}: {exc.message}", file=sys.stderr)
+    return 2 if exc.code == "config_error" else 1
+
+
+def _lone_error(group: BaseExceptionGroup[BaseException]) -> OmniLLMError | None:
+    """The ``OmniLLMError`` a group holds when it holds nothing else (nested or not)."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OmniLLMError) else None
 
 
 def _nats_url(args: argparse.Namespace, config: Config) -> str:
@@ -191,18 +227,32 @@ def _nats_url(args: argparse.Namespace, config: Config) -> str:
 
 
 async def _serve_until_signal(stack: Stack, announce: str) -> None:
+    """Serve until SIGINT or SIGTERM, or until the stack stops on its own (its workers
+    kept dying): then raise why."""
     async with anyio.create_task_group() as tg:
-        url = await tg.start(stack.run)
+        url = await tg.start(_run_then_cancel, stack, tg.cancel_scope)
         metrics = f" Metrics: http://{stack.metrics_host}:{stack.metrics_port}/metrics."
-        gateway = f" OpenAI-compatible API: {stack.gateway_url}." if stack.gateway_url else ""
+        workers = f" ({stack.workers} processes)" if stack.workers > 1 else ""
+        gateway = (
+            f" OpenAI-compatible API: {stack.gateway_url}{workers}." if stack.gateway_url else ""
+        )
         line = announce.format(url=url) + gateway + (metrics if stack.metrics_port else "")
         line += " Ctrl-C stops."
-        print(line, flush=True)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            print(line, flush=True)  # only now: a signal sent on seeing it drains, not kills
             async for signum in signals:
                 log.info("%s: draining and stopping", signal.Signals(signum).name)
                 stack.stop()
                 break
+    if stack.failure is not None:
+        raise stack.failure
+
+
+async def _run_then_cancel(
+    stack: Stack, scope: anyio.CancelScope, *, task_status: TaskStatus[str]
+) -> None:
+    await stack.run(task_status=task_status)
+    scope.cancel()  # it stopped on its own: stop waiting for a signal
 
 
 def _describe(stack: Stack) -> str:
@@ -217,12 +267,16 @@ def _describe(stack: Stack) -> str:
 
 async def _up(args: argparse.Namespace, config: Config) -> int:
     settings = resolve(config)
+    workers = worker_count(args.workers or config.gateway.workers)
     stack = Stack(
         settings,
         nats_url=args.nats_url,
         embedded_port=args.nats_port,
         metrics_port=args.metrics_port,
+        workers=workers,
     )
+    if workers > 1:
+        tag_logs(0)
     await _serve_until_signal(stack, _describe(stack))
     return 0
 

@@ -138,6 +138,14 @@ class GatewayConfig(_Section, frozen=True):
     port: int = 4000
     keys: list[GatewayKey] = []
     """None: loopback only, no auth."""
+    workers: int | Literal["auto"] = 1
+    """``omni up``: processes serving the gateway, all on this host and port. 1: the
+    gateway runs in the one process with every other actor; ``auto``: one per CPU this
+    process may use, at most 4. ``omni actor gateway`` is always one process."""
+
+
+MAX_WORKERS: Final = 64
+"""``gateway.workers`` above this is surely a typo."""
 
 
 class ProviderConfig(_Section, frozen=True):
@@ -295,6 +303,10 @@ class LedgerConfig(_Section, frozen=True):
     path: str = ".omnillm/ledger.sqlite"
     reference_model: str | None = None
     """``omni stats`` shows savings against always using this model (a catalog id)."""
+    linger_s: float = 0.05
+    """After a batch smaller than a full one, wait this long so that the next holds more
+    events: one pull, one transaction and one round of acks for all of them. The longest
+    an event waits for the ledger, besides the write itself; 0 records each at once."""
 
 
 class LogConfig(_Section, frozen=True):
@@ -583,10 +595,12 @@ def _problems(config: Config) -> Iterator[Problem]:
         where += "" if isinstance(alias, list) else ".models"
         yield from _known_models(where, entries, known)
     yield from _replicas(config.nats.replicas)
+    yield from _workers(config.gateway.workers)
     yield from user_problems(config.nats.users)
     yield from _positive("nats", config.nats)
     yield from _positive("reliability", config.reliability)
     yield from _positive("reliability.breaker", config.reliability.breaker)
+    yield from _positive("ledger", config.ledger)
     if (level := _log_level(config.log.level)) is not None:
         yield "log.level", level
 
@@ -599,6 +613,11 @@ def _port(path: str, port: int) -> Iterator[Problem]:
 def _replicas(replicas: int | str) -> Iterator[Problem]:
     if isinstance(replicas, int) and not 1 <= replicas <= MAX_REPLICAS:
         yield "nats.replicas", f"expected auto or 1 to {MAX_REPLICAS}, got {replicas}"
+
+
+def _workers(workers: int | str) -> Iterator[Problem]:
+    if isinstance(workers, int) and not 1 <= workers <= MAX_WORKERS:
+        yield "gateway.workers", f"expected auto or 1 to {MAX_WORKERS}, got {workers}"
 
 
 def _gateway_keys(gateway: GatewayConfig) -> Iterator[Problem]:
@@ -660,7 +679,7 @@ def _known_models(where: str, ids: list[str], known: set[str]) -> Iterator[Probl
             yield f"{where}[{i}]", f"unknown model '{model_id}' (not in the catalog or models:)"
 
 
-_ZERO_MEANS_OFF: Final = frozenset({"probe_interval_s", "backlog"})
+_ZERO_MEANS_OFF: Final = frozenset({"probe_interval_s", "backlog", "linger_s"})
 
 
 def _positive(where: str, section: Struct) -> Iterator[Problem]:

@@ -1,16 +1,20 @@
-"""``omni up``: the embedded NATS server (unless a URL is given) and every actor, in one process.
+"""``omni up``: the embedded NATS server (unless a URL is given) and every actor, in one
+process; with ``workers`` above 1, the gateway in that many processes on one port
+(:mod:`omnillm.workers`).
 
 Start order: server, connection, actors (each reports started once its
-subscription is live). Stop order is the reverse, and graceful: actors stop taking
-work and finish what they hold (bounded by ``drain_timeout_s``), the connection
-drains, then the server stops. The server is stopped on every exit path, so nothing
-is left running.
+subscription is live), then the worker processes. Stop order is the reverse, and
+graceful: actors and workers stop taking work and finish what they hold (bounded by
+``DRAIN_TIMEOUT_S``), the connection drains, then the server stops: it outlives the
+workers, whose answers in flight go through it. The server is stopped and the workers
+are reaped on every exit path, so nothing is left running.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -33,12 +37,21 @@ from omnillm.embedded import EmbeddedNats
 from omnillm.errors import ConfigError
 from omnillm.metrics import Metrics, MetricsTap, serve_metrics
 from omnillm.providers.families import IMPLEMENTED
+from omnillm.workers import WorkerFailed, WorkerPool
 
-__all__ = ["ACTOR_KINDS", "Stack", "build_actors"]
+__all__ = ["ACTOR_KINDS", "WORKER_KINDS", "Stack", "build_actors"]
 
 log = logging.getLogger("omnillm.supervisor")
 
 ACTOR_KINDS: Final = ("classifier", "planner", "caller", "admin", "prober", "ledger", "gateway")
+WORKER_KINDS: Final = ("gateway",)
+"""What the other processes of ``omni up --workers`` run. Only the gateway: its HTTP
+parsing and SSE rendering are the CPU the one process runs out of. The classifier,
+planner and callers could join their queue groups from every process too, but on two
+cores that cost 20-25% more CPU per request (each hop's messages are spread over more
+event loops, batched less) for no more throughput, and it would multiply each
+provider's ``rpm``/``max_concurrency``, which a caller enforces in its own process. The
+ledger, prober and admin responder are singletons anyway."""
 
 
 class Service(Protocol):
@@ -82,7 +95,11 @@ def build_actors(
     providers: list[str],
     boards: Boards,
     metrics: CollectorRegistry | None = None,
+    worker: int | None = None,
+    metrics_subject: str | None = None,
 ) -> list[Service]:
+    """The actors of ``kinds``. ``worker``: this process's number in ``omni up --workers``;
+    ``metrics_subject``: where its gateway answers or relays scrapes (see the gateway)."""
     reliability = settings.config.reliability
     actors: list[Service] = []
     if "classifier" in kinds:
@@ -113,7 +130,15 @@ def build_actors(
                 "gateway.keys are configured: add keys, or keep the default 127.0.0.1"
             )
         actors.append(
-            GatewayActor(bus, settings, host=gateway.host, port=gateway.port, metrics=metrics)
+            GatewayActor(
+                bus,
+                settings,
+                host=gateway.host,
+                port=gateway.port,
+                metrics=metrics,
+                worker=worker,
+                metrics_subject=metrics_subject,
+            )
         )
     if "ledger" in kinds:
         reference = settings.config.ledger.reference_model
@@ -136,7 +161,24 @@ class Stack:
         data_dir: Path | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        workers: int = 1,
+        worker: int | None = None,
+        metrics_subject: str | None = None,
     ) -> None:
+        """``workers``: processes serving the gateway, this one included (the others are
+        started here). ``worker``: this process is that worker of another's ``Stack``,
+        whose gateway counts metrics and answers scrapes on ``metrics_subject``."""
+        if workers > 1 and not sys.platform.startswith("linux"):
+            raise ConfigError(
+                f"gateway.workers: {workers} processes need Linux (SO_REUSEPORT spreading "
+                "connections, workers dying with omni up); use 1 here"
+            )
+        self.workers = workers
+        self.worker = 0 if workers > 1 and worker is None else worker
+        self.metrics_subject = metrics_subject
+        self.pool: WorkerPool | None = None
+        self.failure: WorkerFailed | None = None
+        """Why the stack stopped on its own (a worker kept dying), if it did."""
         self.metrics_port = metrics_port
         """Serve Prometheus ``/metrics`` here (0: a free port, known once started)."""
         self.metrics_host = metrics_host
@@ -173,6 +215,10 @@ class Stack:
     def stop(self) -> None:
         self._stop.set()
 
+    def _fail(self, failure: WorkerFailed) -> None:
+        self.failure = self.failure or failure
+        self.stop()
+
     async def _serve_metrics(self, bus: Bus, tg: TaskGroup, metrics: Metrics) -> None:
         """Count the whole cluster from the audit and usage events; serve ``/metrics`` on
         ``metrics_port`` if given (the gateway serves the same registry)."""
@@ -189,7 +235,7 @@ class Stack:
             assert url is not None
             bus = await Bus.connect(url, name="omnillm-up")
             try:
-                await self._serve(bus, task_status)
+                await self._serve(bus, url, task_status)
             finally:
                 with anyio.CancelScope(shield=True):
                     await bus.close()
@@ -197,27 +243,55 @@ class Stack:
             if self.server is not None:
                 self.server.stop()
 
-    async def _serve(self, bus: Bus, task_status: TaskStatus[str]) -> None:
+    async def _serve(self, bus: Bus, url: str, task_status: TaskStatus[str]) -> None:
         audit = self.settings.config.audit
         if audit.stream:
             replicas = bus.replicas(self.settings.config.nats.replicas)
             await ensure_audit_stream(bus, audit.max_age_s, replicas)
         boards = Boards.for_bus(bus, self.settings)
+        relayed = self.metrics_subject is not None  # a worker: the main process counts
+        scrapes = bus.new_inbox() if self.workers > 1 else self.metrics_subject
         self.actors = build_actors(
-            bus, self.settings, self.kinds, self.providers, boards, self.metrics.registry
+            bus,
+            self.settings,
+            self.kinds,
+            self.providers,
+            boards,
+            None if relayed else self.metrics.registry,
+            worker=self.worker,
+            metrics_subject=scrapes,
         )
         async with anyio.create_task_group() as shared:
             await shared.start(boards.breakers.run)
-            if self.metrics_port is not None or "gateway" in self.kinds:
+            if self.metrics_port is not None or ("gateway" in self.kinds and not relayed):
                 await self._serve_metrics(bus, shared, self.metrics)
             async with anyio.create_task_group() as tg:
                 for actor in self.actors:
                     await tg.start(actor.run)
+                if self.workers > 1:
+                    assert scrapes is not None
+                    self.pool = self._pool(url, scrapes)
+                    await tg.start(self.pool.run)
                 task_status.started(bus.url)
                 await self._stop.wait()
-                for actor in self.actors:
-                    actor.stop()
+                for service in [*self.actors, *([self.pool] if self.pool else [])]:
+                    service.stop()
                 # Actors finish in-flight work on their own; past the deadline they are cut.
                 tg.cancel_scope.deadline = anyio.current_time() + DRAIN_TIMEOUT_S
             boards.breakers.stop()
             shared.cancel_scope.cancel()  # the metrics endpoint and tap, if any
+
+    def _pool(self, url: str, scrapes: str) -> WorkerPool:
+        """The other workers, on ``url`` (with its credentials, if it has any) and on the
+        gateway's port, now that it is bound; they relay scrapes to ``scrapes``."""
+        port = next((a.port for a in self.actors if isinstance(a, GatewayActor)), 0)
+        return WorkerPool(
+            self.settings,
+            count=self.workers - 1,
+            nats_url=url,
+            gateway_port=port,
+            metrics_subject=scrapes,
+            kinds=tuple(kind for kind in WORKER_KINDS if kind in self.kinds),
+            providers=self.providers,
+            on_failure=self._fail,
+        )

@@ -246,6 +246,7 @@ def test_type_errors_name_the_key_path_and_the_expectation(
             "reliability: {max_attempts: 0}\n",
             "reliability.max_attempts: expected a value above 0, got 0",
         ),
+        ("ledger: {linger_s: -1}\n", "ledger.linger_s: expected 0 (off) or more, got -1"),
     ],
 )
 def test_semantic_errors_name_the_key_path(tmp_path: Path, text: str, message: str) -> None:

@@ -50,6 +50,8 @@ thread-safe here (one lock), so the actor runs every call in a worker thread.
 from __future__ import annotations
 
 import datetime
+import functools
+import itertools
 import math
 import sqlite3
 import threading
@@ -113,13 +115,27 @@ SELECT rid,
 FROM usage GROUP BY rid
 """
 
-_INSERT: Final = """
-INSERT OR IGNORE INTO usage VALUES (
-    :event_id, :rid, :attempt, :at, :day, :provider, :model, :tier, :key, :outcome, :tries,
-    :input_tokens, :cached_input_tokens, :cache_write_tokens, :output_tokens,
-    :reasoning_tokens, :cost_usd, :latency_ms, :ttft_ms, :fallback, :est_input_tokens
-)
-"""
+_COLUMNS: Final = (
+    "event_id", "rid", "attempt", "at", "day", "provider", "model", "tier", "key", "outcome",
+    "tries", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+    "reasoning_tokens", "cost_usd", "latency_ms", "ttft_ms", "fallback", "est_input_tokens",
+)  # fmt: skip
+ROWS_PER_INSERT: Final = 50
+"""Rows per ``INSERT`` statement. ``executemany`` steps once per row, releasing Python's
+lock for the step and taking it back after; in the ledger's worker thread, beside an
+event loop that always wants the lock, every handoff is a pair of context switches.
+Measured at 32 streams through the gateway, that made ``omni up`` spend 10% more CPU
+than writing on the event loop itself; one statement per 50 rows (1050 parameters, far
+under SQLite's 32766) hands the lock over twice per 50 rows, and the difference is
+within the benchmark's noise."""
+
+
+@functools.cache
+def _insert(rows: int) -> str:
+    """``INSERT OR IGNORE`` of ``rows`` rows, positional parameters in ``_COLUMNS`` order."""
+    row = f"({', '.join('?' * len(_COLUMNS))})"
+    return f"INSERT OR IGNORE INTO usage ({', '.join(_COLUMNS)}) VALUES {', '.join([row] * rows)}"
+
 
 _SUMS: Final = """
     COALESCE(SUM(input_tokens), 0), COALESCE(SUM(cached_input_tokens), 0),
@@ -207,32 +223,33 @@ def _day(at: float) -> str:
     return datetime.datetime.fromtimestamp(at, datetime.UTC).date().isoformat()
 
 
-def _row(usage: Usage, at: float) -> dict[str, Any]:
+def _row(usage: Usage, at: float) -> tuple[Any, ...]:
+    """The row of ``usage``, in the order of ``_COLUMNS``."""
     tokens = usage.tokens
-    return {
-        "event_id": event_id(usage.rid, usage.attempt, usage.run),
-        "rid": usage.rid,
-        "attempt": usage.attempt,
-        "at": at,
-        "day": _day(at),
-        "provider": usage.provider,
-        "model": usage.model,
-        "tier": usage.tier,
-        "key": usage.key,
-        "outcome": usage.outcome,
+    return (
+        event_id(usage.rid, usage.attempt, usage.run),
+        usage.rid,
+        usage.attempt,
+        at,
+        _day(at),
+        usage.provider,
+        usage.model,
+        usage.tier,
+        usage.key,
+        usage.outcome,
         # ``Usage.tries`` is a proposed field; events without it count as one call.
-        "tries": max(usage.tries, 1),
-        "input_tokens": tokens.input_tokens,
-        "cached_input_tokens": tokens.cached_input_tokens,
-        "cache_write_tokens": tokens.cache_write_tokens,
-        "output_tokens": tokens.output_tokens,
-        "reasoning_tokens": tokens.reasoning_tokens,
-        "cost_usd": usage.cost_usd,
-        "latency_ms": usage.latency_ms,
-        "ttft_ms": usage.ttft_ms,
-        "fallback": usage.attempt > 1,
-        "est_input_tokens": usage.est_input_tokens,
-    }
+        max(usage.tries, 1),
+        tokens.input_tokens,
+        tokens.cached_input_tokens,
+        tokens.cache_write_tokens,
+        tokens.output_tokens,
+        tokens.reasoning_tokens,
+        usage.cost_usd,
+        usage.latency_ms,
+        usage.ttft_ms,
+        usage.attempt > 1,
+        usage.est_input_tokens,
+    )
 
 
 def _label(by: str, values: tuple[Any, ...]) -> str:
@@ -279,7 +296,9 @@ class LedgerStore:
             before = self._db.total_changes
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(_INSERT, rows)
+                for start in range(0, len(rows), ROWS_PER_INSERT):
+                    chunk = rows[start : start + ROWS_PER_INSERT]
+                    self._db.execute(_insert(len(chunk)), tuple(itertools.chain(*chunk)))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise

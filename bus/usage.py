@@ -3,9 +3,14 @@
 One ``Usage`` per attempt goes to ``omni.v1.usage.<provider>`` with the header
 ``Nats-Msg-Id: <rid>.<attempt>.<run>`` (``<run>`` tells apart two executions of one
 attempt; events without one have ``<rid>.<attempt>``). The stream keeps events for
-90 days and drops a repeat of an id within its 2-minute duplicate window, so a
-publish retried after a lost PubAck is stored once; the ledger's ``INSERT OR IGNORE``
-on the same id covers redeliveries and anything older than the window.
+90 days and drops a repeat of an id within its 30-second duplicate window, so a
+publish retried after a lost PubAck (retries stop after ``PUBLISH_BUDGET_S``, 15 s) is
+stored once; the ledger's ``INSERT OR IGNORE`` on the same id covers redeliveries and
+anything older than the window. The window is short on purpose: nats-server keeps each
+id of the window in memory and frees expired ones only in bulk, holding up to about
+three windows' worth, so its memory follows the event rate times the window. At 500
+events a second, a 2-minute window kept the embedded server growing through a
+100,000-request soak (48 to 94 MB); with 30 s it levels off after about 90 s.
 
 Publishing never fails the request it describes. Transient errors (a timeout, no
 responders while a clustered stream elects a leader: nats-py does not retry those)
@@ -14,6 +19,8 @@ outlasts an election (a stream deleted meanwhile is created again); after that, 
 warning names the lost event. Without JetStream the publisher warns
 once and every publish is a no-op (it tries to open the stream again every
 ``REOPEN_AFTER_S``, in case JetStream was only briefly away).
+
+The ledger reads the stream through a ``UsageReader`` (below), not nats-py's ``fetch``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from typing import Final
 
 import anyio
 import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -34,6 +43,7 @@ from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from omnillm.bus import subjects
 from omnillm.bus.connection import RID_HEADER, Bus, put_stream
 from omnillm.bus.messages import Usage, encode
+from omnillm.errors import OmniLLMError
 
 __all__ = [
     "DUPLICATE_WINDOW_S",
@@ -42,6 +52,8 @@ __all__ = [
     "STREAM",
     "SUBJECTS",
     "UsagePublisher",
+    "UsageReadFailed",
+    "UsageReader",
     "decode_usage",
     "ensure_stream",
     "event_id",
@@ -53,7 +65,8 @@ STREAM: Final = "OMNI_USAGE"
 SUBJECTS: Final = f"{subjects.ROOT}.usage.>"
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 MAX_AGE_S: Final = 90 * 24 * 3600.0
-DUPLICATE_WINDOW_S: Final = 120.0
+DUPLICATE_WINDOW_S: Final = 30.0
+"""Twice ``PUBLISH_BUDGET_S``: every retry of a publish falls in it."""
 PUBLISH_BUDGET_S: Final = 15.0
 """The longest one publish may take, retries included. A clustered stream that lost its
 leader has none for up to about 9 s (the servers' raft election timeouts are 4 to 9 s,
@@ -179,3 +192,92 @@ class UsagePublisher:
         assert self._js is not None
         with contextlib.suppress(Exception):
             await ensure_stream(self._js, replicas=self._replicas)
+
+
+# --- reading: the ledger's side ---------------------------------------------------------
+
+PULL_API: Final = "$JS.API.CONSUMER.MSG.NEXT"
+STATUS_HEADER: Final = "Status"
+_ENDS_PULL: Final = frozenset({"404", "408"})
+"""No messages (a pull that does not wait), request expired (one that does)."""
+_HEARTBEAT: Final = "100"
+ANSWER_GRACE_S: Final = 5.0
+"""How long past its own expiry a pull may go unanswered before it counts as lost."""
+
+
+class UsageReadFailed(OmniLLMError):
+    """The consumer refused a pull (deleted, a new leader, no responders): open it again."""
+
+    code = "usage_read_failed"
+
+
+class UsageReader:
+    """Batches from a durable pull consumer on ``OMNI_USAGE``, for the ledger.
+
+    nats-py's ``fetch`` reads each message with ``next_msg``, which starts a task per
+    message: on an event loop busy serving requests every message then waits a turn of
+    the loop, and 100 took a second (measured under 32 streams), so the ledger fell
+    behind the traffic. Here one subscription callback collects a whole batch as it
+    arrives. Every pull has its own reply subject, so the end of an older pull (a 404 or
+    408 arriving late) never ends the current one; a message delivered for an older pull
+    is still a delivery to this consumer and joins the current batch.
+    """
+
+    def __init__(self, bus: Bus, consumer: str, *, stream: str = STREAM) -> None:
+        self._bus = bus
+        self._api = f"{PULL_API}.{stream}.{consumer}"
+        self._prefix = bus.new_inbox()
+        self._sub: Subscription | None = None
+        self._pulls = itertools.count(1)
+        self._reply = ""
+        self._want = 0
+        self._got: list[Msg] = []
+        self._failure: str | None = None
+        self._answered = anyio.Event()
+
+    async def open(self) -> None:
+        self._sub = await self._bus.subscribe(f"{self._prefix}.*", self._on_msg)
+
+    async def close(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):  # already gone with its connection
+                await sub.unsubscribe()
+
+    async def pending(self, batch: int) -> list[Msg]:
+        """Up to ``batch`` events the consumer has for us now, without waiting for more."""
+        return await self._pull({"batch": batch, "no_wait": True}, batch, 0.0)
+
+    async def next(self, wait_s: float) -> list[Msg]:
+        """The next event, waiting up to ``wait_s`` for it; ``[]`` if none came."""
+        return await self._pull({"batch": 1, "expires": int(wait_s * 1e9)}, 1, wait_s)
+
+    async def _pull(self, request: dict[str, object], want: int, wait_s: float) -> list[Msg]:
+        """Raises ``UsageReadFailed`` for an error status; a pull nobody answers (the
+        connection is down) returns what came, like an idle one."""
+        if len(self._got) >= want:  # delivered for older pulls meanwhile
+            got, self._got = self._got, []
+            return got
+        self._reply = f"{self._prefix}.{next(self._pulls)}"
+        self._want, self._failure, self._answered = want, None, anyio.Event()
+        await self._bus.publish(self._api, msgspec.json.encode(request), reply=self._reply)
+        with anyio.move_on_after(wait_s + ANSWER_GRACE_S):
+            await self._answered.wait()
+        got, self._got, self._reply = self._got, [], ""
+        if self._failure is not None:
+            raise UsageReadFailed(f"{self._api}: {self._failure} ({len(got)} events came)")
+        return got
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = msg.headers.get(STATUS_HEADER) if msg.headers else None
+        if status is None:  # an event: kept even between pulls, for the next batch
+            self._got.append(msg)
+            if len(self._got) >= self._want:
+                self._answered.set()
+            return
+        if msg.subject != self._reply or status == _HEARTBEAT:  # an older pull's end
+            return
+        if status not in _ENDS_PULL:
+            assert msg.headers is not None
+            self._failure = f"{status} {msg.headers.get('Description', '')}".rstrip()
+        self._answered.set()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,17 @@ import msgspec
 import pytest
 
 from omnillm import embedded
-from omnillm.actors.ledger import CONSUMER, CostRow, LedgerActor, Stats
+from omnillm.actors.ledger import CONSUMER, CostRow, LedgerActor, LedgerStore, Stats
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import Failure, TokenUsage, Usage
-from omnillm.bus.usage import STREAM, UsagePublisher
+from omnillm.bus.usage import (
+    DUPLICATE_WINDOW_S,
+    STREAM,
+    UsagePublisher,
+    UsageReader,
+    UsageReadFailed,
+    stream_config,
+)
 from omnillm.config import Config, Settings, resolve
 from omnillm.costs import NoLedger, fetch_cost, fetch_stats, render_cost, render_stats
 from omnillm.embedded import EmbeddedNats
@@ -227,6 +235,18 @@ async def test_with_no_ledger_the_cli_says_so(nats_server: EmbeddedNats) -> None
         await fetch_cost(nats_server.url, "provider", None)
 
 
+async def test_a_usage_stream_made_by_an_older_version_gets_the_short_duplicate_window(
+    nats_server: EmbeddedNats,
+) -> None:
+    async with connected(nats_server.url) as bus:
+        js = bus.nc.jetstream()
+        older = dataclasses.replace(stream_config(), duplicate_window=120.0)
+        await js.add_stream(older)
+        assert await UsagePublisher(bus).open()
+        info = await js.stream_info(STREAM)
+    assert info.config.duplicate_window == DUPLICATE_WINDOW_S == 30.0
+
+
 async def test_a_deleted_stream_is_created_again_by_the_next_publish(
     nats_server: EmbeddedNats, tmp_path: Path
 ) -> None:
@@ -289,3 +309,105 @@ async def test_a_consumer_lost_while_running_is_reopened_and_rereading_counts_no
             spent = ledger.store.totals_since(None)
     assert attempts == 25
     assert spent == pytest.approx(total(first) + total(second), abs=1e-9)
+
+
+class CountingStore(LedgerStore):
+    """The real store, counting its transactions (one per batch the ledger writes)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[int] = []
+
+    def record(self, events: Iterable[tuple[Usage, float]]) -> int:
+        events = list(events)
+        self.batches.append(len(events))
+        return super().record(events)
+
+
+async def test_a_steady_trickle_of_events_is_written_in_a_few_batches(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    events = usage_events(100)
+    store = CountingStore(tmp_path / "ledger.sqlite")
+    async with connected(nats_server.url) as bus:
+        async with running(bus, settings_for(tmp_path), store=store, linger_s=0.2) as ledger:
+            await publish_all(UsagePublisher(bus), events)  # one at a time, as requests end
+            with anyio.fail_after(WAIT_S):
+                await ledger.caught_up()
+            attempts = store.stats().attempts
+    store.close()
+    assert attempts == 100
+    assert sum(store.batches) == 100
+    assert len(store.batches) <= 25  # one transaction per event before lingering
+
+
+async def test_an_idle_ledger_records_the_next_event_at_once_and_stops_while_lingering(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    event = usage_events(1)
+    async with connected(nats_server.url) as bus:
+        with anyio.fail_after(WAIT_S):  # far below the linger: neither waits for it
+            async with running(bus, settings_for(tmp_path), linger_s=3600) as ledger:
+                await publish_all(UsagePublisher(bus), event)
+                await ledger.caught_up()
+                attempts = ledger.store.stats().attempts
+    assert attempts == 1
+
+
+@asynccontextmanager
+async def reader_on(bus: Bus, tmp_path: Path) -> AsyncIterator[UsageReader]:
+    """A reader on the ledger's durable consumer (a ledger that ran created it)."""
+    async with running(bus, settings_for(tmp_path)):
+        pass
+    reader = UsageReader(bus, CONSUMER)
+    await reader.open()
+    try:
+        yield reader
+    finally:
+        await reader.close()
+
+
+async def test_a_pull_takes_what_is_there_up_to_a_batch_without_waiting(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    async with connected(nats_server.url) as bus, reader_on(bus, tmp_path) as reader:
+        await publish_all(UsagePublisher(bus), usage_events(5))
+        with anyio.fail_after(WAIT_S / 3):  # far below the grace for an unanswered pull
+            first, rest, none = (
+                await reader.pending(3),
+                await reader.pending(100),
+                await reader.pending(100),
+            )
+    assert [m.metadata.sequence.stream for m in first + rest] == [1, 2, 3, 4, 5]
+    assert none == []
+
+
+async def test_waiting_for_the_next_event_returns_it_or_nothing_when_the_wait_ends(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    async with connected(nats_server.url) as bus, reader_on(bus, tmp_path) as reader:
+        with anyio.fail_after(WAIT_S / 3):
+            nothing = await reader.next(0.1)
+            await publish_all(UsagePublisher(bus), usage_events(2))
+            one, other = await reader.next(10), await reader.next(10)
+    assert nothing == []
+    assert [msg.metadata.sequence.stream for msg in one + other] == [1, 2]
+
+
+async def test_a_pull_on_a_deleted_consumer_fails_so_that_the_ledger_opens_it_again(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    async with connected(nats_server.url) as bus, reader_on(bus, tmp_path) as reader:
+        js = bus.nc.jetstream()
+        with anyio.fail_after(WAIT_S / 3):
+            async with anyio.create_task_group() as tg:
+
+                async def wait_then_fail() -> None:
+                    with pytest.raises(UsageReadFailed, match="409"):
+                        await reader.next(10)
+
+                tg.start_soon(wait_then_fail)
+                await anyio.wait_all_tasks_blocked()
+                await js.delete_consumer(STREAM, CONSUMER)
+            with pytest.raises(UsageReadFailed, match="503"):
+                await reader.pending(10)  # nobody serves pulls for it any more

@@ -10,7 +10,7 @@ anything older than the window. The window is short on purpose: nats-server keep
 id of the window in memory and frees expired ones only in bulk, holding up to about
 three windows' worth, so its memory follows the event rate times the window. At 500
 events a second, a 2-minute window kept the embedded server growing through a
-100,000-request soak (48 to 94 MB); with 30 s it levels off after about 90 s.
+100,000-request soak (48 to 90 MB); with 30 s it levels off within about 90 s.
 
 Publishing never fails the request it describes. Transient errors (a timeout, no
 responders while a clustered stream elects a leader: nats-py does not retry those)

@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import datetime
 import itertools
-import json
 import os
 import platform
 import shlex
@@ -61,7 +60,7 @@ from bench.loadgen import (
     open_loop,
 )
 from bench.procs import Proc, StartError, load_average
-from bench.report import Phase, SystemResult, ab_table, overhead, tables, verdicts
+from bench.report import Phase, SystemResult, ab_table, overhead, tables, verdicts, write_json
 from omnillm.client import Client
 
 __all__ = ["main"]
@@ -443,10 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: {note}", file=sys.stderr)
             return 1
         summary = _report(run, started, load_before)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, summary)
     return 0
 
 

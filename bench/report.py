@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.loadgen import Sample, percentile
@@ -21,6 +23,7 @@ __all__ = [
     "table",
     "tables",
     "verdicts",
+    "write_json",
 ]
 
 
@@ -325,3 +328,12 @@ def verdicts(results: dict[str, SystemResult]) -> list[Verdict]:
         verdicts[-1] = Verdict(verdicts[-1].target, f"{peak:.1f} MB ({parts})", peak < 150)
     verdicts.append(Verdict("soak RSS growth < 10%", "run `python -m bench.soak`", None))
     return verdicts
+
+
+def write_json(path: Path | None, summary: Any) -> None:
+    """``summary`` as indented JSON at ``path`` (folders made), if a path was asked for."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import math
 import shlex
 import signal
@@ -33,7 +32,7 @@ import anyio
 from bench import systems
 from bench.loadgen import Batch, HttpStreams, Probe, Sample, closed_loop, http_probe, nats_probe
 from bench.procs import Proc, StartError, load_average
-from bench.report import Phase, Verdict, ms, table
+from bench.report import Phase, Verdict, ms, table, write_json
 from omnillm.client import Client
 
 __all__ = ["main"]
@@ -241,10 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         url = nats_url if args.path == "nats" else gateway_url
         anyio.run(_run, soak, url, itertools.count())
         summary = _report(soak)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, summary)
     return 0
 
 

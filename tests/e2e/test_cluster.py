@@ -29,12 +29,11 @@ from nats.js.errors import BadRequestError
 
 from omnillm.actors.ledger import LedgerActor, Stats
 from omnillm.bus.connection import Bus
-from omnillm.bus.messages import Delta, Done, Error
 from omnillm.bus.usage import STREAM, ensure_stream
 from omnillm.embedded import find_nats_server
-from omnillm.errors import OmniLLMError
-from omnillm.testing.mock_provider import MockProvider, MockSettings, answer_tokens
+from omnillm.testing.mock_provider import MockProvider, MockSettings
 from tests.conftest import client_for, mock_settings, running
+from tests.e2e._outcomes import outcome_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -167,14 +166,6 @@ async def cluster_formed(nodes: list[Node]) -> None:
             await bus.close()
 
 
-def ask(i: int) -> dict[str, Any]:
-    return {"model": "mock/mock-small", "messages": [{"role": "user", "content": f"ask {i}"}]}
-
-
-def expected(i: int) -> str:
-    return "".join(answer_tokens(f"ask {i}", TOKENS))
-
-
 async def stream_leader(url: str) -> str:
     bus = await Bus.connect(url)
     try:
@@ -234,7 +225,7 @@ async def test_losing_a_node_mid_traffic_ends_every_request_and_bills_every_answ
                         nonlocal answered, finished
                         async with slots:
                             with anyio.fail_after(timeout_s + 5):  # past this, it hung
-                                outcomes[i] = await outcome_of(client, i)
+                                outcomes[i] = await outcome_of(client, f"ask {i}", TOKENS)
                         answered += outcomes[i] == "answer"
                         finished += 1
                         if answered >= kill_after or finished == requests:
@@ -278,21 +269,6 @@ async def billed(ledger: LedgerActor, calls: int) -> Stats:
                 return stats
             await anyio.sleep(0.05)  # the ledger fetches on its own schedule; poll, bounded
     return await anyio.to_thread.run_sync(ledger.store.stats)
-
-
-async def outcome_of(client: Any, i: int) -> str:
-    text: list[str] = []
-    try:
-        async for frame in client.stream(ask(i)):
-            if isinstance(frame, Delta):
-                text.append(frame.text)
-            elif isinstance(frame, Done):
-                return "answer" if "".join(text) == expected(i) else "SHORT"
-            elif isinstance(frame, Error):
-                return f"error {frame.code}"
-    except OmniLLMError as exc:
-        return f"error {exc.code}"
-    return "ENDED WITHOUT DONE"
 
 
 def summary(outcomes: dict[int, str]) -> dict[str, int]:

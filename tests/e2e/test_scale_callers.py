@@ -12,17 +12,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from anyio.abc import Process
 
-from omnillm.bus.messages import Delta, Done, Error
 from omnillm.embedded import EmbeddedNats
-from omnillm.errors import OmniLLMError
-from omnillm.testing.mock_provider import MockProvider, MockSettings, answer_tokens
+from omnillm.testing.mock_provider import MockProvider, MockSettings
 from tests.conftest import client_for, mock_settings, running
+from tests.e2e._outcomes import outcome_of
 from tests.e2e.test_cli import OMNI, read_lines, without_keys
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -75,26 +73,6 @@ async def callers(directories: list[Path], url: str) -> AsyncIterator[list[Proce
                 await process.wait()
 
 
-def ask(i: int) -> dict[str, Any]:
-    return {"model": "mock/mock-small", "messages": [{"role": "user", "content": f"job {i}"}]}
-
-
-async def outcome_of(client: Any, i: int) -> str:
-    text: list[str] = []
-    try:
-        async for frame in client.stream(ask(i)):
-            if isinstance(frame, Delta):
-                text.append(frame.text)
-            elif isinstance(frame, Done):
-                full = "".join(text) == "".join(answer_tokens(f"job {i}", TOKENS))
-                return "answer" if full else "SHORT"
-            elif isinstance(frame, Error):
-                return f"error {frame.code}"
-    except OmniLLMError as exc:
-        return f"error {exc.code}"
-    return "ENDED WITHOUT DONE"
-
-
 async def test_three_callers_share_the_work_and_a_killed_one_leaves_no_request_hanging(
     nats_server: EmbeddedNats, tmp_path: Path
 ) -> None:
@@ -122,7 +100,7 @@ async def test_three_callers_share_the_work_and_a_killed_one_leaves_no_request_h
                 nonlocal answered, finished
                 async with slots:
                     with anyio.fail_after(timeout_s + 5):  # past this, it hung
-                        outcomes[i] = await outcome_of(c, i)
+                        outcomes[i] = await outcome_of(c, f"job {i}", TOKENS)
                 answered += outcomes[i] == "answer"
                 finished += 1
                 if answered >= kill_after or finished == requests:

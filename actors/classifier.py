@@ -22,7 +22,7 @@ import logging
 import re
 import time
 import uuid
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 import msgspec
 from nats.aio.msg import Msg
@@ -256,8 +256,15 @@ def request_id(msg: Msg) -> str:
     return rid if _RID.fullmatch(rid) else uuid.uuid4().hex
 
 
+class Planner(Protocol):
+    """A planner in this process (``PlannerActor``)."""
+
+    async def take(self, envelope: CallEnvelope) -> None: ...
+
+
 class ClassifierActor(Actor):
-    """Subscribes to ``omni.v1.request``; publishes envelopes to ``omni.v1.plan``."""
+    """Subscribes to ``omni.v1.request``; hands envelopes to the planner of its process
+    when there is one, else to ``omni.v1.plan``."""
 
     name = "classifier"
 
@@ -272,6 +279,7 @@ class ClassifierActor(Actor):
         backlog: int = 1024,
         dedup: DedupBoard | None = None,
         config: ClassifierConfig = DEFAULT,
+        planner: Planner | None = None,
     ) -> None:
         check_config(config)  # a bad weight name fails at start-up, not on a request
         super().__init__(
@@ -287,6 +295,9 @@ class ClassifierActor(Actor):
         self.handoff_timeout_s = handoff_timeout_s
         self.dedup = dedup
         self.config = config
+        self.planner = planner
+        """The planner of this process, if it runs one: envelopes go to it directly
+        instead of through ``omni.v1.plan``."""
 
     async def refuse(self, msg: Msg) -> None:
         failure = Failure(
@@ -362,6 +373,9 @@ class ClassifierActor(Actor):
         )
 
     async def _forward(self, envelope: CallEnvelope) -> None:
+        if self.planner is not None:
+            await self.planner.take(envelope)
+            return
         payload = encode(envelope)
         outcome = Outcome.NO_RESPONDERS
         for _ in range(3):  # a busy or silent planner instance: another may take it

@@ -375,7 +375,15 @@ class PlannerActor(HandoffActor):
             envelope.request = msgspec.structs.replace(envelope.request, model="cheap")
 
     async def handle(self, msg: Msg) -> None:
-        envelope = decode_envelope(msg.data)
+        await self.take(decode_envelope(msg.data))
+
+    async def take(self, envelope: CallEnvelope) -> None:
+        """Plan a classified envelope and hand it to its first candidate's caller (or end
+        the client's stream with the reason nothing can serve it).
+
+        The classifier of the same process calls this directly (see ``ClassifierActor``):
+        a hop through ``omni.v1.plan`` would cost a NATS round trip and a JSON
+        encode/decode of the whole prompt for nothing."""
         if envelope.classified is None:
             raise ValueError(f"envelope {envelope.rid} reached the planner unclassified")
         try:

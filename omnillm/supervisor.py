@@ -102,6 +102,9 @@ def build_actors(
     ``metrics_subject``: where its gateway answers or relays scrapes (see the gateway)."""
     reliability = settings.config.reliability
     actors: list[Service] = []
+    planner = None
+    if "planner" in kinds:
+        planner = PlannerActor(bus, settings, workers=reliability.workers, boards=boards)
     if "classifier" in kinds:
         actors.append(
             _classifier(
@@ -112,10 +115,11 @@ def build_actors(
                 workers=reliability.workers,
                 dedup=boards.dedup,
                 config=settings.config.classifier,
+                planner=planner,
             )
         )
-    if "planner" in kinds:
-        actors.append(PlannerActor(bus, settings, workers=reliability.workers, boards=boards))
+    if planner is not None:  # its subscription serves classifiers of other processes
+        actors.append(planner)
     if "caller" in kinds:
         actors.extend(CallerActor(bus, settings, p, boards=boards) for p in providers)
     if "admin" in kinds:

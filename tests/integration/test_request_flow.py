@@ -459,20 +459,20 @@ async def test_a_gateway_key_tag_is_believed_only_on_the_gateway_subject(
     tagged = ask("whose bill is this", metadata={"tags": ["key:team-a"]})
     planned: dict[str, str] = {}
 
-    async def on_plan(msg: Any) -> None:
+    async def on_call(msg: Any) -> None:
         envelope = msgspec.json.decode(msg.data)
         planned[envelope["rid"]] = envelope.get("key", "")  # left out when empty
 
     async with running(mock_settings(mock_provider), nats_server.url):
         nc = await nats.connect(nats_server.url)
         try:
-            await nc.subscribe(subjects.PLAN, cb=on_plan)
+            await nc.subscribe(subjects.call("mock"), cb=on_call)
             await nc.flush()
             async with client_for(nats_server.url) as client:
                 from_client = await client.complete(tagged)
             async with Client(nats_server.url, subject=subjects.GATEWAY_REQUEST) as gateway:
                 from_gateway = await gateway.complete(tagged)
-            await nc.flush()  # the plans were published long before the answers ended
+            await nc.flush()  # the calls were published long before the answers ended
         finally:
             await nc.close()
     assert planned == {from_client.rid: "", from_gateway.rid: "team-a"}

@@ -186,7 +186,10 @@ class CallerActor(HandoffActor):
         )
         self.upstream = upstream_for(self.settings, self.provider, http)
         try:
-            await super().run(task_status=task_status)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.upstream.heartbeats)
+                await super().run(task_status=task_status)
+                tg.cancel_scope.cancel()
         finally:
             if owned:
                 with anyio.CancelScope(shield=True):

@@ -55,6 +55,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from omnillm.actors._gateway_keys import KeyRefused, KeyRing
 from omnillm.actors._openai_http import BUILTIN_ALIASES, error_body, error_status, models_body
@@ -394,10 +395,22 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return Response(body, exc.status_code, media_type=_JSON)
 
 
+class _EventStream(StreamingResponse):
+    """An SSE body streamed from this task, without Starlette's second task listening for
+    a disconnect (about 40 microseconds a request).
+
+    A client that goes away mid-answer loses nothing it would have kept: the server drops
+    what is written to a closed connection, the answer runs to its end (so its tokens
+    are counted, as the provider bills them) and the frames are read to the last one."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.stream_response(send)
+
+
 def _streamed(exchange: _Exchange, first: Start | Done, include_usage: bool) -> Response:
     headers = {**_start_headers(exchange.rid, first, exchange.received), **_SSE_HEADERS}
     chunks = ChunkStream(exchange.rid, include_usage=include_usage)
-    return StreamingResponse(
+    return _EventStream(
         _sse_body(exchange, chunks, first), media_type="text/event-stream", headers=headers
     )
 

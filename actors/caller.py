@@ -34,7 +34,7 @@ from omnillm.actors._base import HandoffActor
 from omnillm.actors._boards import Boards
 from omnillm.actors._dispatch import dispatch, exhausted, recorder_for, release_key
 from omnillm.actors._policy import Action, Decision, RetryPolicy, decide, health_state, rule_for
-from omnillm.actors._upstream import Call, new_http_client, upstream_for
+from omnillm.actors._upstream import Call, new_transport, upstream_for
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.dedup import DedupBoard
@@ -67,7 +67,7 @@ from omnillm.errors import (
 )
 from omnillm.providers.catalog import ModelSpec, cost_usd
 
-__all__ = ["CallerActor", "new_http_client"]
+__all__ = ["CallerActor"]
 
 log = logging.getLogger("omnillm.caller")
 
@@ -145,7 +145,7 @@ class CallerActor(HandoffActor):
         settings: Settings,
         provider: str,
         *,
-        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         workers: int | None = None,
         boards: Boards | None = None,
     ) -> None:
@@ -175,16 +175,14 @@ class CallerActor(HandoffActor):
         self.breakers = boards.breakers
         self.dedup: DedupBoard | None = boards.dedup
         self._health_state: dict[str, HealthState] = {}
-        self._http = http
+        self._transport = transport
         self._rpm = AsyncLimiter(live.config.rpm, 60) if live.config.rpm else None
         self._tpm = AsyncLimiter(live.config.tpm, 60) if live.config.tpm else None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        owned = self._http is None
-        http = self._http or new_http_client(
-            max_connections=self.workers, connect_timeout_s=self.reliability.connect_timeout_s
-        )
-        self.upstream = upstream_for(self.settings, self.provider, http)
+        owned = self._transport is None
+        transport = self._transport or new_transport(max_connections=self.workers)
+        self.upstream = upstream_for(self.settings, self.provider, transport)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.upstream.heartbeats)
@@ -193,7 +191,7 @@ class CallerActor(HandoffActor):
         finally:
             if owned:
                 with anyio.CancelScope(shield=True):
-                    await http.aclose()
+                    await transport.aclose()
 
     # --- one envelope -------------------------------------------------------------------
 

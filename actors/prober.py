@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 
 from omnillm.actors._boards import Boards
 from omnillm.actors._policy import health_state, rule_for
-from omnillm.actors._upstream import Call, Discard, new_http_client, upstream_for
+from omnillm.actors._upstream import Call, Discard, new_transport, upstream_for
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.events import Event
@@ -86,30 +86,28 @@ class ProberActor:
         providers: list[str],
         *,
         boards: Boards | None = None,
-        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings
         self.providers = providers
         self.boards = boards or Boards.for_bus(bus, settings)
         self.averages = LatencyAverages()
-        self._http = http
+        self._transport = transport
         self._stopping = anyio.Event()
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        http = self._http or new_http_client(
-            max_connections=4, connect_timeout_s=self.settings.config.reliability.connect_timeout_s
-        )
+        transport = self._transport or new_transport(max_connections=4)
         subscription = await self.bus.subscribe(subjects.events("outcome"), self._on_outcome)
         await self.bus.flush()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._publish_loop)
                 if self.settings.config.reliability.probe_interval_s > 0:
-                    tg.start_soon(self._probe_loop, http)
+                    tg.start_soon(self._probe_loop, transport)
                 task_status.started()
                 await self._stopping.wait()
                 tg.cancel_scope.cancel()
@@ -117,8 +115,8 @@ class ProberActor:
             with anyio.CancelScope(shield=True):
                 await subscription.unsubscribe()
                 await self._publish()
-                if self._http is None:
-                    await http.aclose()
+                if self._transport is None:
+                    await transport.aclose()
 
     async def _on_outcome(self, msg: Msg) -> None:
         try:
@@ -145,7 +143,7 @@ class ProberActor:
 
     # --- active probes -----------------------------------------------------------------
 
-    async def _probe_loop(self, http: httpx.AsyncClient) -> None:
+    async def _probe_loop(self, transport: httpx.AsyncBaseTransport) -> None:
         reliability = self.settings.config.reliability
         tick = min(reliability.probe_interval_s, reliability.breaker.cooldown_s)
         last: dict[str, float] = {}
@@ -155,7 +153,7 @@ class ProberActor:
                 due = now - last.get(provider, -1e9) >= reliability.probe_interval_s
                 if due or self._circuit_waiting(provider):
                     last[provider] = now
-                    await self.probe(provider, http)
+                    await self.probe(provider, transport)
             await anyio.sleep(tick)
 
     def _circuit_waiting(self, provider: str) -> bool:
@@ -165,12 +163,12 @@ class ProberActor:
             for key, state in known.items()
         )
 
-    async def probe(self, provider: str, http: httpx.AsyncClient) -> bool:
+    async def probe(self, provider: str, transport: httpx.AsyncBaseTransport) -> bool:
         """One probe call; True if the provider answered."""
         spec = self._cheapest(provider)
         if spec is None or not await self.boards.breakers.allows(provider, spec.id):
             return False
-        upstream = upstream_for(self.settings, provider, http)
+        upstream = upstream_for(self.settings, provider, transport)
         call = Call(Discard(), provider, spec)
         error: ProviderError | RequestError | None = None
         with anyio.move_on_after(self.settings.config.reliability.request_timeout_s):

@@ -57,7 +57,7 @@ class ScriptedStream(httpx.AsyncByteStream):
                 yield part
 
 
-def upstream(routes: Mapping[str, tuple[int, Script]]) -> httpx.AsyncClient:
+def upstream(routes: Mapping[str, tuple[int, Script]]) -> httpx.MockTransport:
     """An HTTP client whose upstream answers per model name with (status, chunks)."""
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -65,7 +65,7 @@ def upstream(routes: Mapping[str, tuple[int, Script]]) -> httpx.AsyncClient:
         status, script = routes[model]
         return httpx.Response(status, stream=ScriptedStream(script))
 
-    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    return httpx.MockTransport(handle)
 
 
 def settings(**reliability: float) -> Settings:
@@ -93,13 +93,13 @@ def settings(**reliability: float) -> Settings:
 
 
 @asynccontextmanager
-async def actors(url: str, config: Settings, http: httpx.AsyncClient) -> AsyncIterator[None]:
+async def actors(url: str, config: Settings, transport: httpx.MockTransport) -> AsyncIterator[None]:
     bus = await Bus.connect(url)
     running: list[Actor] = [
         ClassifierActor(bus),
         PlannerActor(bus, config),
-        CallerActor(bus, config, "first", http=http),
-        CallerActor(bus, config, "second", http=http),
+        CallerActor(bus, config, "first", transport=transport),
+        CallerActor(bus, config, "second", transport=transport),
     ]
     try:
         async with anyio.create_task_group() as tg:

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from omnillm.bus.messages import (
@@ -79,7 +79,7 @@ async def inbox(
 
 
 async def collect(
-    receive: ObjectReceiveStream[Any],
+    receive: MemoryObjectReceiveStream[Any],
     *,
     first_frame_s: float = NEVER,
     stall_s: float = NEVER,

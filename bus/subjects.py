@@ -7,6 +7,7 @@ name would silently misroute.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from typing import Final
@@ -85,6 +86,7 @@ def admin(name: str) -> str:
     return f"{ADMIN_PREFIX}.{check_token(name)}"
 
 
+@functools.lru_cache(maxsize=4096)  # per request, for every breaker and health key
 def key_token(text: str) -> str:
     """``text`` as one KV key token: ``[A-Za-z0-9-]`` kept, every other UTF-8 byte ``_XX``.
 

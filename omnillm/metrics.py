@@ -35,7 +35,7 @@ from prometheus_client.exposition import choose_encoder
 
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
-from omnillm.bus.events import Event
+from omnillm.bus.events import Event, EventKind
 from omnillm.bus.messages import TIERS, TokenUsage, Usage
 from omnillm.config import Settings
 from omnillm.errors import OmniLLMError
@@ -228,6 +228,16 @@ class Metrics:
 
 _event_decoder: Final = msgspec.json.Decoder(Event)
 _usage_decoder: Final = msgspec.json.Decoder(Usage)
+COUNTED: Final[tuple[EventKind, ...]] = (
+    "outcome",
+    "retry",
+    "fallback",
+    "continue",
+    "circuit",
+    "end",
+)
+"""The event kinds ``count_event`` counts: the tap subscribes to these alone (``route``,
+one per request, would be a message decoded for nothing)."""
 _SEEN_USAGE: Final = 4096
 """Ledger message ids remembered, to count a JetStream publish retry once."""
 
@@ -237,7 +247,8 @@ class MetricsTap:
 
     From audit events: attempts, time to first token and rate limits (``outcome``),
     retries (``retry``), fallbacks (``fallback`` and ``continue``), provider circuits
-    (``circuit`` of a provider-level breaker), rejected requests (``reject``). From
+    (``circuit`` of a provider-level breaker), requests by tier and outcome, rejected
+    ones included (``end``). From
     usage ledger events: tokens, cost, call duration and successful requests by tier.
 
     What the bus does not say, so a tap cannot count: requests that end in an error
@@ -260,7 +271,7 @@ class MetricsTap:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Count until ``stop()``; reports started once both subscriptions are live."""
         subs: list[Subscription] = [
-            await self.bus.subscribe(f"{subjects.ROOT}.events.>", self._on_event),
+            *[await self.bus.subscribe(subjects.events(k), self._on_event) for k in COUNTED],
             await self.bus.subscribe(f"{subjects.ROOT}.usage.>", self._on_usage),
         ]
         try:

@@ -337,11 +337,16 @@ class Start(Struct, tag="start", tag_field="type", omit_defaults=True):
 
 
 class Delta(Struct, tag="delta", tag_field="type", omit_defaults=True):
+    """Text or tool-call pieces. An attempt's first ``Delta`` carries its ``Start``
+    (one message instead of two on every answer); ``read_frames`` yields that ``Start``
+    first, so readers see ``Start`` then ``Delta`` either way."""
+
     rid: str
     attempt: int
     seq: int
     text: str = ""
     tool_calls: list[ToolCallDelta] = []
+    start: Start | None = None
 
 
 class Heartbeat(Struct, tag="heartbeat", tag_field="type"):

@@ -82,6 +82,7 @@ class StreamSender:
         self._attempt = attempt
         self._headers = {RID_HEADER: rid}
         self._recorder = recorder
+        self._start: Start | None = None
         self.seq = 0
         self.closed = False
 
@@ -93,6 +94,7 @@ class StreamSender:
             await self._recorder.record(self._rid, payload)
 
     async def start(self, provider: str, model: str) -> None:
+        """The attempt's ``Start``, sent with the ``delta`` that follows it."""
         frame = Start(self._rid, self._attempt, self.seq, provider, model)
         if self.about is not None:  # why the router chose this
             frame = msgspec.structs.replace(
@@ -103,11 +105,19 @@ class StreamSender:
                 provider=provider,
                 model=model,
             )
-        await self._send(frame)
+        self._start = frame
 
     async def delta(self, text: str, tool_calls: list[ToolCallDelta] | None = None) -> None:
+        start, self._start = self._start, None
         await self._send(
-            Delta(self._rid, self._attempt, self.seq, text=text, tool_calls=tool_calls or [])
+            Delta(
+                self._rid,
+                self._attempt,
+                self.seq,
+                text=text,
+                tool_calls=tool_calls or [],
+                start=start,
+            )
         )
 
     async def reset(self, reason: str) -> None:
@@ -236,6 +246,8 @@ async def read_frames(
         if not sequencer.admit(frame):
             continue
         wait, error_cls = stall_s, StreamStalled
+        if isinstance(frame, Delta) and frame.start is not None:
+            yield frame.start
         if not isinstance(frame, Heartbeat):
             yield frame
         if isinstance(frame, Done | Error):

@@ -174,7 +174,9 @@ def _frame(frame: Frame) -> dict[str, Any]:
             return {"kind": "start", **head, "provider": frame.provider, "model": frame.model}
         case Delta():
             tools = {"tool_calls": len(frame.tool_calls)} if frame.tool_calls else {}
-            return {"kind": "delta", **head, "chars": len(frame.text), **tools}
+            start = frame.start
+            opens = {"provider": start.provider, "model": start.model} if start else {}
+            return {"kind": "delta", **head, **opens, "chars": len(frame.text), **tools}
         case Heartbeat():
             return {"kind": "heartbeat", **head}
         case Reset():

@@ -54,7 +54,7 @@ async def raw_exchange(url: str, payload: bytes, rid: str | None = None) -> list
         await nc.close()
 
 
-async def test_request_streams_start_deltas_done_then_empty_message(
+async def test_request_streams_deltas_the_first_carrying_start_then_done_then_empty_message(
     nats_server: EmbeddedNats, mock_provider: MockProvider
 ) -> None:
     prompt = "Name three rivers in Europe."
@@ -63,9 +63,11 @@ async def test_request_streams_start_deltas_done_then_empty_message(
 
     assert replies[-1].data == b""
     frames = [decode_frame(m.data) for m in replies[:-1]]
-    assert isinstance(frames[0], Start)
-    assert (frames[0].provider, frames[0].model) == ("mock", "mock-small")
-    assert all(isinstance(f, Delta) for f in frames[1:-1]) and len(frames) >= 3
+    first = frames[0]
+    assert isinstance(first, Delta) and isinstance(first.start, Start)
+    assert (first.start.provider, first.start.model) == ("mock", "mock-small")
+    assert all(isinstance(f, Delta) and f.start is None for f in frames[1:-1])
+    assert len(frames) >= 2
     done = frames[-1]
     assert isinstance(done, Done)
     assert "".join(f.text for f in frames if isinstance(f, Delta)) == expected_text(prompt)

@@ -231,6 +231,18 @@ async def test_read_frames_does_not_yield_heartbeats() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_start_carried_by_the_first_delta_is_read_as_its_own_frame() -> None:
+    opening = Delta(RID, 0, 1, text="hi", start=start(1))
+    sent: list[Frame] = [heartbeat(0), opening, delta(2, " there"), done(3)]
+    async with inbox(*map(msg, sent)) as (_, receive):
+        frames = await collect(receive)
+
+    assert [type(f) for f in frames] == [Start, Delta, Delta, Done]
+    assert frames[0] == start(1)
+    assert "".join(f.text for f in frames if isinstance(f, Delta)) == "hi there"
+
+
+@pytest.mark.anyio
 async def test_a_heartbeat_counts_as_the_first_frame() -> None:
     # After a heartbeat the first-frame limit (60 s) no longer applies: the stall limit does.
     async with inbox(msg(heartbeat(0))) as (_, receive):

@@ -24,17 +24,22 @@ upstream's time to first token, as the caller measured it: overhead minus this i
 router's own share).
 
 **Workers.** With ``omni up --workers N`` a gateway runs in each of N processes on one
-port (``worker``): number 0 binds it first, the others join with ``SO_REUSEPORT`` and
-the kernel spreads new connections over them. Each response names its process in
-``x-omnillm-worker``. Only number 0, in the main process, counts metrics; the others
-relay ``/metrics`` to it over ``metrics_subject`` (a tap in every worker would decode
-every event once more per worker, about 0.2 ms of CPU a request each).
+port (``worker``): number 0, in the main process, binds it first and the others join
+with ``SO_REUSEPORT``. Number 0 steers new connections to the others (``steer``): the
+main process runs the router's actors, which were the busiest event loop, and answers
+HTTP only while no other worker listens (one restarting, say), so the port never
+refuses a connection. Each response names its process in ``x-omnillm-worker``. Only
+number 0 counts metrics; the others relay ``/metrics`` to it over ``metrics_subject``
+(a tap in every worker would decode every event once more per worker, about 0.2 ms of
+CPU a request each).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import socket
+import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager, suppress
@@ -139,9 +144,13 @@ class GatewayActor:
         metrics: CollectorRegistry | None = None,
         worker: int | None = None,
         metrics_subject: str | None = None,
+        steer: int = 0,
     ) -> None:
         self.worker = worker
         """This process's number among several serving one port; None: the port is its own."""
+        self.steer = steer
+        """Processes that join this one's port later: new connections go to them (see
+        ``_steer_to_others``)."""
         self.metrics_subject = metrics_subject
         """With ``metrics``: answer the other workers' scrapes here. Without: relay
         ``GET /metrics`` here, to the process that counts."""
@@ -168,6 +177,8 @@ class GatewayActor:
         if self.worker == 0 and self.port:  # the first of a group: nobody else may hold it
             _check_free(self.host, self.port)
         sock = _listen(self.host, self.port, reuse_port=self.worker is not None)
+        if self.steer:
+            _steer_to_others(sock, self.steer)
         timeout_s = self.settings.config.reliability.request_timeout_s
         async with (
             Client(bus=self.bus, timeout_s=timeout_s, subject=subjects.GATEWAY_REQUEST) as client,
@@ -516,3 +527,36 @@ def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+_SO_ATTACH_REUSEPORT_CBPF: Final = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
+_SKF_AD_RANDOM: Final = 0xFFFFF000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM, as an unsigned k
+
+
+def _steer_to_others(sock: socket.socket, others: int) -> None:
+    """Send the ``SO_REUSEPORT`` group's new connections to the ``others`` sockets that
+    join after ``sock``, at random; ``sock`` gets them only when none of those listens.
+
+    A classic BPF program on the group returns a socket's index in it: ``sock``, first
+    in, is 0, the others 1..``others`` (a socket that closes is replaced by the last
+    one). The program picks ``1 + random % others``; an index past the group's end (a
+    worker down) makes the kernel fall back to its hash, which includes ``sock``.
+    Linux only; where the kernel refuses it, the hash spreads connections as before.
+    """
+    program = [
+        (0x20, _SKF_AD_RANDOM),  # ld rand        (BPF_LD | BPF_W | BPF_ABS)
+        (0x94, others),  # mod #others    (BPF_ALU | BPF_MOD | BPF_K)
+        (0x04, 1),  # add #1         (BPF_ALU | BPF_ADD | BPF_K)
+        (0x16, 0),  # ret a          (BPF_RET | BPF_A)
+    ]
+    code = ctypes.create_string_buffer(
+        b"".join(struct.pack("HBBI", op, 0, 0, k) for op, k in program)
+    )
+    try:
+        sock.setsockopt(
+            socket.SOL_SOCKET,
+            _SO_ATTACH_REUSEPORT_CBPF,
+            struct.pack("HL", len(program), ctypes.addressof(code)),
+        )
+    except OSError as exc:
+        log.warning("gateway: cannot steer connections to the workers (%s); spreading them", exc)

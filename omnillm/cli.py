@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--workers",
         type=_workers,
-        help="processes serving the gateway, on one port (auto: one per CPU, at most 4; "
-        "default: gateway.workers, else 1)",
+        help="processes: the router, and N-1 serving the gateway on one port (auto: one "
+        "per CPU, at most 4; default: gateway.workers, else 1)",
     )
 
     demo = commands.add_parser("demo", help="run against a built-in mock provider, ask, answer")

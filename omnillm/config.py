@@ -139,9 +139,10 @@ class GatewayConfig(_Section, frozen=True):
     keys: list[GatewayKey] = []
     """None: loopback only, no auth."""
     workers: int | Literal["auto"] = 1
-    """``omni up``: processes serving the gateway, all on this host and port. 1: the
-    gateway runs in the one process with every other actor; ``auto``: one per CPU this
-    process may use, at most 4. ``omni actor gateway`` is always one process."""
+    """``omni up``: processes. 1: the gateway runs in the one process with every other
+    actor; N: the main process runs the other actors and N-1 serve the gateway on this host
+    and port; ``auto``: one per CPU this process may use, at most 4. ``omni actor gateway``
+    is always one process."""
 
 
 MAX_WORKERS: Final = 64

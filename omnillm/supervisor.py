@@ -97,9 +97,11 @@ def build_actors(
     metrics: CollectorRegistry | None = None,
     worker: int | None = None,
     metrics_subject: str | None = None,
+    steer: int = 0,
 ) -> list[Service]:
     """The actors of ``kinds``. ``worker``: this process's number in ``omni up --workers``;
-    ``metrics_subject``: where its gateway answers or relays scrapes (see the gateway)."""
+    ``metrics_subject``: where its gateway answers or relays scrapes; ``steer``: the
+    workers its gateway sends new connections to (see the gateway)."""
     reliability = settings.config.reliability
     actors: list[Service] = []
     planner = None
@@ -142,6 +144,7 @@ def build_actors(
                 metrics=metrics,
                 worker=worker,
                 metrics_subject=metrics_subject,
+                steer=steer,
             )
         )
     if "ledger" in kinds:
@@ -264,6 +267,7 @@ class Stack:
             None if relayed else self.metrics.registry,
             worker=self.worker,
             metrics_subject=scrapes,
+            steer=self.workers - 1 if self.worker == 0 else 0,
         )
         async with anyio.create_task_group() as shared:
             await shared.start(boards.breakers.run)

@@ -1,4 +1,5 @@
-"""``omni up --workers 2``: the gateway in two processes on one port, as users run it."""
+"""``omni up --workers N``: the router in the main process, the gateway in N-1 worker
+processes on one port (the main one answers HTTP only while no worker listens)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ Log = dict[str, Any]
 
 @dataclass
 class Up:
-    """A running ``omni up --workers 2``, its addresses and its log lines as they come."""
+    """A running ``omni up --workers N``, its addresses and its log lines as they come."""
 
     process: Process
     line: str
@@ -110,11 +111,11 @@ async def _read_logs(process: Process, into: MemoryObjectSendStream[Log]) -> Non
 
 
 @asynccontextmanager
-async def omni_up(tmp_path: Path, mock: MockProvider) -> AsyncIterator[Up]:
+async def omni_up(tmp_path: Path, mock: MockProvider, workers: int = 2) -> AsyncIterator[Up]:
     data_dir = tmp_path / "data"
     write_config(tmp_path, data_dir, mock)
     process = await anyio.open_process(
-        [*OMNI, "up", "--workers", "2"], cwd=tmp_path, env=without_keys()
+        [*OMNI, "up", "--workers", str(workers)], cwd=tmp_path, env=without_keys()
     )
     send, receive = anyio.create_memory_object_stream[Log](math.inf)
     try:
@@ -123,7 +124,9 @@ async def omni_up(tmp_path: Path, mock: MockProvider) -> AsyncIterator[Up]:
             with anyio.fail_after(60):
                 line = await anext(read_lines(process))
             match = UP_LINE.match(line)
-            api = re.search(r"OpenAI-compatible API: (http://\S+/v1) \(2 processes\)\.", line)
+            api = re.search(
+                rf"OpenAI-compatible API: (http://\S+/v1) \({workers} processes\)\.", line
+            )
             assert match and api, line
             try:
                 yield Up(process, line, match.group(1), api.group(1), data_dir, receive)
@@ -172,24 +175,25 @@ def expected(prompt: str) -> str:
     return "".join(answer_tokens(prompt, 20))
 
 
-async def test_two_workers_serve_the_gateway_from_both_processes_and_nats_alike(
+async def test_the_workers_serve_the_gateway_while_the_main_process_routes(
     tmp_path: Path, mock_provider: MockProvider
 ) -> None:
-    async with omni_up(tmp_path, mock_provider) as up:
+    async with omni_up(tmp_path, mock_provider, workers=3) as up:
         workers = up.workers()
-        assert len(workers) == 1
+        assert len(workers) == 2
         async with client_for(up.nats_url) as client:
             for i in range(4):
                 completion = await client.complete(chat(f"over nats {i}"))
                 assert completion.text == expected(f"over nats {i}")
         seen: list[str] = []
         with anyio.fail_after(30):
-            while set(seen) != {"0", "1"}:
+            while set(seen) != {"1", "2"}:
                 seen.append(await answered_by(up.api, f"over http {len(seen)}"))
+        assert "0" not in seen  # the main process answers only while no worker listens
         answered = 4 + len(seen)
         scraped: dict[str, float] = {}
         with anyio.fail_after(30):  # until both have answered, counting every request
-            while set(scraped) != {"0", "1"} or set(scraped.values()) != {answered}:
+            while set(scraped) != {"1", "2"} or set(scraped.values()) != {answered}:
                 worker, count = await ok_requests(up.api)
                 scraped[worker] = count
         assert await up.stop() == 0
@@ -239,10 +243,10 @@ async def test_sigterm_lets_every_answer_in_flight_on_both_workers_finish(
                 elif isinstance(frame, Done):
                     nats_texts[i] = "".join(text)
 
-    async with omni_up(tmp_path, mock_provider) as up, anyio.create_task_group() as tg:
+    async with omni_up(tmp_path, mock_provider, workers=3) as up, anyio.create_task_group() as tg:
         workers = up.workers()
         with anyio.fail_after(30):
-            while {s.worker for s in streams} != {"0", "1"}:  # each answer on a new connection
+            while {s.worker for s in streams} != {"1", "2"}:  # each answer on a new connection
                 started = [anyio.Event() for _ in range(8)]
                 for event in started[:6]:
                     streams.append(Stream())
@@ -255,7 +259,7 @@ async def test_sigterm_lets_every_answer_in_flight_on_both_workers_finish(
         up.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await up.process.wait() == 0
-    assert {"0", "1"} <= set(in_flight)
+    assert {"1", "2"} <= set(in_flight)
     for i, stream in enumerate(streams, start=1):
         assert (stream.text, stream.done) == (expected(f"http {i}"), True)
     assert nats_texts == {i: expected(f"nats {i}") for i in nats_texts}
@@ -270,7 +274,15 @@ async def test_a_killed_worker_is_reported_and_started_again(
 ) -> None:
     async with omni_up(tmp_path, mock_provider) as up:
         [killed] = up.workers()
-        os.kill(killed, signal.SIGKILL)
+        pidfd = os.pidfd_open(killed)
+        try:
+            os.kill(killed, signal.SIGKILL)
+            with anyio.fail_after(20):
+                await anyio.wait_readable(pidfd)  # gone, and its socket closed
+        finally:
+            os.close(pidfd)
+        # Until it is back, the main process answers (this one may also reach the new one).
+        assert await answered_by(up.api, "during the restart") in {"0", "1"}
         crash = await up.log_line(lambda entry: entry["logger"] == "omnillm.workers")
         back = await up.log_line(lambda entry: "is back" in entry["message"])
         [restarted] = up.workers()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 
 import pytest
 
-from omnillm.actors.gateway import _listen
+from omnillm.actors.gateway import _listen, _steer_to_others
 
 pytestmark = pytest.mark.anyio
 
@@ -34,3 +35,40 @@ async def test_accepted_connections_send_each_frame_at_once_without_nagle() -> N
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(nodelay, 5) != 0
         writer.close()
+
+
+def _accepted(sock: socket.socket) -> int:
+    """Connections waiting in ``sock``'s accept queue, accepted and closed."""
+    sock.setblocking(False)
+    count = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT steering")
+def test_the_main_process_socket_gets_connections_only_while_no_worker_listens() -> None:
+    """``omni up --workers 3``: the main process's gateway (first in the port's group)
+    sends new connections to the two workers, and takes them itself when they are down."""
+    main = _listen("127.0.0.1", 0, reuse_port=True)
+    port = main.getsockname()[1]
+    _steer_to_others(main, 2)
+    workers = [_listen("127.0.0.1", port, reuse_port=True) for _ in range(2)]
+    clients: list[socket.socket] = []
+    try:
+        clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        per_worker = [_accepted(w) for w in workers]
+        assert _accepted(main) == 0
+        assert sum(per_worker) == 40 and min(per_worker) > 0  # both took some
+
+        for worker in workers:
+            worker.close()
+        clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+        assert _accepted(main) == 10  # no worker listens: nothing is refused
+    finally:
+        for sock in [main, *workers, *clients]:
+            sock.close()

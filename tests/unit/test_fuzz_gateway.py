@@ -218,3 +218,26 @@ def test_an_admin_body_over_its_limit_is_413(client: TestClient) -> None:
         "/v1/admin/switch", content=body, headers={"content-type": "application/json"}
     )
     assert response.status_code == 413
+
+
+class BrokenClient:
+    """A bus client with a bug."""
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Frame, None]:
+        raise RuntimeError("a bug")
+        yield  # pragma: no cover
+
+
+def test_a_bug_is_a_json_500_and_a_get_on_the_chat_route_a_json_405() -> None:
+    settings = resolve(mock_config("http://127.0.0.1:9/v1"), env={})
+    gateway = GatewayActor(cast(Bus, None), settings, env={})
+    gateway._client = cast(Client, BrokenClient())
+    with TestClient(gateway.app(), raise_server_exceptions=False) as broken:
+        failed = broken.post(CHAT, content=VALID, headers={"content-type": "application/json"})
+        wrong = broken.get(CHAT)
+        still = broken.get("/v1/models")
+    assert failed.status_code == 500
+    assert failed.json()["error"]["code"] == "internal"
+    assert failed.json()["error"]["message"] == "the gateway failed: RuntimeError"
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (405, "invalid_request")
+    assert still.status_code == 200

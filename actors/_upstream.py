@@ -18,12 +18,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-import aiohttp
 import anyio
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from omnillm import __version__
+from omnillm.actors._http1 import Http1Transport
 from omnillm.bus.messages import ChatRequest, TokenUsage, ToolCallDelta
 from omnillm.config import Settings
 from omnillm.errors import ProviderError, ProviderTimeout, ProviderUnavailable
@@ -49,12 +48,8 @@ FIXED_HEADERS: Final = {"accept-encoding": "identity", "user-agent": f"omnillm/{
 
 
 def new_transport(*, max_connections: int) -> httpx.AsyncBaseTransport:
-    """One connection pool per provider: httpx's transport API on aiohttp (a third of the
-    CPU of httpx's default transport)."""
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    return AiohttpTransport(limits=limits)
+    """One connection pool per provider (see ``actors._http1``)."""
+    return Http1Transport(max_connections=max_connections)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,18 +269,10 @@ async def _read_capped(chunks: AsyncIterator[bytes]) -> bytes:
 
 
 def _transport_error(exc: httpx.TransportError, provider: str) -> ProviderError:
-    """A timeout, or a connection that failed or was reset (retryable).
-
-    The aiohttp transport reports every dropped connection as ``ConnectTimeout``; the
-    aiohttp error it wraps says which it really was.
-    """
-    cause = exc.__cause__
-    timed_out = isinstance(cause, aiohttp.ServerTimeoutError) or (
-        isinstance(exc, httpx.TimeoutException) and not isinstance(cause, aiohttp.ClientError)
-    )
-    if timed_out:
+    """A timeout, or a connection that failed or was reset (retryable)."""
+    if isinstance(exc, httpx.TimeoutException):
         return ProviderTimeout(f"{provider}: {type(exc).__name__} while calling the API")
-    detail = str(exc) or type(cause or exc).__name__
+    detail = str(exc) or type(exc.__cause__ or exc).__name__
     return ProviderUnavailable(f"{provider}: connection failed: {detail}", provider=provider)
 
 

@@ -321,6 +321,7 @@ class CallerActor(HandoffActor):
             cost_usd=round(cost_usd(spec, usage), 10),
             attempts=envelope.attempt,
             ttft_ms=call.ttft_ms,
+            model_id=spec.id,
         )
 
     # --- after giving up ----------------------------------------------------------------
@@ -381,15 +382,18 @@ class CallerActor(HandoffActor):
     async def _outcome(
         self, envelope: CallEnvelope, spec: ModelSpec, call: Call, error: OmniLLMError | None
     ) -> None:
-        """After the client has what it needs: breakers, health, and the outcome event the
-        prober learns latency from."""
+        """After the client has what it needs: breakers, health, and for a failed call the
+        outcome event the prober and the metrics learn from (a successful call's is the
+        request's ``end`` event, see ``StreamSender.done``)."""
         if error is None or rule_for(error.code).breaker:
             await self.breakers.record(self.provider, spec.id, error is None)
         await self._observe(spec, error)
-        detail: dict[str, float] = {"ok": float(error is None)}
+        if error is None:
+            return
+        detail: dict[str, float] = {"ok": 0.0}
         if call.ttft_ms is not None:
             detail["ttft_ms"] = call.ttft_ms
-        await self._event("outcome", envelope, spec, error.code if error else "ok", **detail)
+        await self._event("outcome", envelope, spec, error.code, **detail)
 
     async def _observe(self, spec: ModelSpec, error: OmniLLMError | None) -> None:
         """Share a change in what this provider or model does with us."""

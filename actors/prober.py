@@ -101,7 +101,10 @@ class ProberActor:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         transport = self._transport or new_transport(max_connections=4)
-        subscription = await self.bus.subscribe(subjects.events("outcome"), self._on_outcome)
+        subscriptions = [
+            await self.bus.subscribe(subjects.events(kind), self._on_outcome)
+            for kind in ("outcome", "end")  # a failed call; a request answered (its call's)
+        ]
         await self.bus.flush()
         try:
             async with anyio.create_task_group() as tg:
@@ -113,7 +116,8 @@ class ProberActor:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await subscription.unsubscribe()
+                for subscription in subscriptions:
+                    await subscription.unsubscribe()
                 await self._publish()
                 if self._transport is None:
                     await transport.aclose()
@@ -123,6 +127,8 @@ class ProberActor:
             event = _event_decoder.decode(msg.data)
         except msgspec.DecodeError:
             return
+        if event.kind == "end" and event.reason != "ok":
+            return  # a request that failed: its calls' outcomes came as their own events
         ttft = event.detail.get("ttft_ms")
         ok = event.detail.get("ok") == 1.0
         at = event.at or time.time()

@@ -136,7 +136,12 @@ class StreamSender:
         cost_usd: float,
         attempts: int,
         ttft_ms: float | None,
+        model_id: str = "",
     ) -> None:
+        """The answer is whole: ``Done``, the end of the stream, and the ``end`` event,
+        which for a success is also the successful call's outcome (``model_id``, the
+        catalog id, ``detail.ok`` 1 and ``detail.ttft_ms``): one event where two said
+        the same."""
         frame = Done(
             self._rid,
             self._attempt,
@@ -150,7 +155,10 @@ class StreamSender:
             ttft_ms=ttft_ms,
         )
         await self._send(frame)
-        await self._end("ok", provider, model)
+        called: dict[str, str | float | int] = {"ok": 1.0}
+        if ttft_ms is not None:
+            called["ttft_ms"] = ttft_ms
+        await self._end("ok", provider, model_id or model, called)
 
     async def error(self, failure: Failure) -> None:
         frame = Error(
@@ -165,7 +173,13 @@ class StreamSender:
         await self._send(frame)
         await self._end(failure.code, failure.provider or "", "")
 
-    async def _end(self, outcome: str, provider: str, model: str) -> None:
+    async def _end(
+        self,
+        outcome: str,
+        provider: str,
+        model: str,
+        detail: dict[str, str | float | int] | None = None,
+    ) -> None:
         # The sentinel carries no headers: a zero-length message is what releases
         # cross-account response mappings too.
         await self._bus.publish(self._reply, END_OF_STREAM)
@@ -180,7 +194,7 @@ class StreamSender:
             model=model,
             reason=outcome,
             attempt=self._attempt,
-            detail={"tier": tier},
+            detail={"tier": tier, **(detail or {})},
         )
         await emit(self._bus, event)
 

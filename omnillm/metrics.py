@@ -245,10 +245,10 @@ _SEEN_USAGE: Final = 4096
 class MetricsTap:
     """Keeps a ``Metrics`` up to date from the bus alone.
 
-    From audit events: attempts, time to first token and rate limits (``outcome``),
-    retries (``retry``), fallbacks (``fallback`` and ``continue``), provider circuits
-    (``circuit`` of a provider-level breaker), requests by tier and outcome, rejected
-    ones included (``end``). From
+    From audit events: failed attempts and rate limits (``outcome``), retries
+    (``retry``), fallbacks (``fallback`` and ``continue``), provider circuits (``circuit``
+    of a provider-level breaker), requests by tier and outcome, rejected ones included,
+    and the successful attempt with its time to first token (``end``). From
     usage ledger events: tokens, cost, call duration and successful requests by tier.
 
     What the bus does not say, so a tap cannot count: requests that end in an error
@@ -318,6 +318,10 @@ class MetricsTap:
             case "end":
                 tier = event.detail.get("tier")
                 m.request_done(tier if isinstance(tier, str) else None, event.reason)
+                if event.reason == "ok" and event.detail.get("ok") == 1.0:  # its call's outcome
+                    ttft_ms = event.detail.get("ttft_ms")
+                    ttft_s = float(ttft_ms) / 1000 if isinstance(ttft_ms, int | float) else None
+                    m.attempt(provider, event.model, "ok", ttft_s=ttft_s)
             case _:
                 pass
 

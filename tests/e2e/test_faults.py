@@ -324,4 +324,7 @@ async def test_every_retry_and_fallback_is_an_audit_event(
     assert mine.count(("retry", "primary/fault-503")) == 2
     assert ("fallback", "primary/fault-503") in mine
     outcomes = [e for e in seen if e["kind"] == "outcome" and e.get("rid") == rid]
-    assert [e["detail"]["ok"] for e in outcomes] == [0.0, 0.0, 0.0, 1.0]
+    assert [(e["model"], e["detail"]["ok"]) for e in outcomes] == [("primary/fault-503", 0.0)] * 3
+    [end] = [e for e in seen if e["kind"] == "end" and e.get("rid") == rid]
+    assert (end["reason"], end["model"], end["detail"]["ok"]) == ("ok", "backup/mock-small", 1.0)
+    assert end["detail"]["ttft_ms"] > 0  # the successful call's outcome rides on the end

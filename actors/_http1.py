@@ -34,6 +34,8 @@ import httpx
 
 __all__ = ["Http1Transport"]
 
+HAPPY_EYEBALLS_S: Final = 0.25
+"""RFC 8305's delay before trying a host's next address alongside the first."""
 READ_BUFFER: Final = 1024 * 1024
 """Bytes buffered from one response before reading pauses until the caller catches up."""
 
@@ -294,7 +296,12 @@ class Http1Transport(httpx.AsyncBaseTransport):
         try:
             with anyio.fail_after(connect_s):
                 _, conn = await loop.create_connection(
-                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None
+                    _Connection,
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls else None,
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_S,  # a dead IPv6 route is no outage
                 )
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} in {connect_s:g}s") from exc

@@ -142,11 +142,16 @@ class Proc:
         *,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        this_checkout: bool = True,
     ) -> None:
+        """``this_checkout``: put this repository on ``PYTHONPATH`` (for ``-m bench.…``).
+        Not for a build of another checkout, which would then import this one's code."""
         self.name = name
         self.log = log
         base = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-        base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), base.get("PYTHONPATH")]))
+        if this_checkout:
+            paths = [str(_REPO), base.get("PYTHONPATH")]
+            base["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
         program = Path(args[0])
         if len(program.parts) > 1 and not program.is_absolute():  # relative to here, not cwd
             args = [os.path.abspath(program), *args[1:]]

@@ -93,7 +93,7 @@ def start_omni(
     args = [*omni, "--config", str(config), "up"]
     if workers > 1:
         args += ["--workers", str(workers)]
-    proc = Proc("omni up", args, work / "omni.log", cwd=work)
+    proc = Proc("omni up", args, work / "omni.log", cwd=work, this_checkout=False)
     line = proc.wait_line(r"OmniLLM up: NATS (\S+) .*OpenAI-compatible API: (\S+?)\.? ", _START_S)
     nats_url, gateway_url = line.group(1), line.group(2)
     wait_http(gateway_url.removesuffix("/v1") + "/healthz", _START_S, proc)

@@ -73,7 +73,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
-        if self._parser is None:  # bytes nobody asked for: the connection is not reusable
+        if self._parser is None or self._complete:  # nobody asked: not reusable either
             self._fail(httpx.RemoteProtocolError("bytes arrived with no request in flight"))
             return
         try:
@@ -81,6 +81,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("the server switched protocols"))
         except httptools.HttpParserError as exc:
+            if self._complete:  # junk after a whole answer: the answer stands
+                self.close()
+                return
             self._fail(httpx.RemoteProtocolError(f"invalid HTTP/1.1 response: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -104,16 +107,28 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second answer to one request, in the same read
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if not self._complete:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
+        if self._complete:
+            return
         self._status = self._parser.get_status_code()
+        if 100 <= self._status < 200:  # informational (103 Early Hints): the answer follows
+            self._headers = []
+            return
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self._complete:
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > READ_BUFFER and self.transport is not None and not self._paused:
@@ -122,6 +137,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._complete or 100 <= self._status < 200:
+            return
         self._complete = True
         # Asked now: once the message is over, the parser reads as a fresh one.
         self._keep_alive = not self.closed and (

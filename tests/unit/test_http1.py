@@ -258,3 +258,42 @@ async def test_a_request_cancelled_before_its_answer_frees_its_slot_and_connecti
         assert await read(await post(transport, server.url)) == b"hello"
         await transport.aclose()
     assert server.connections == 2
+
+
+async def test_an_informational_response_before_the_answer_is_skipped() -> None:
+    async def hints(
+        server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n" + OK)
+        await writer.drain()
+        await server.read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+
+    transport = Http1Transport()
+    async with serving(hints) as server:
+        response = await post(transport, server.url)
+        assert (response.status_code, await read(response)) == (200, b"hello")
+        assert "link" not in response.headers
+        assert await read(await post(transport, server.url)) == b"hello"  # still in step
+        await transport.aclose()
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("extra", [OK, b"HTTP/1.1 200 OK\r\n", b"\x16\x03 not http"])
+async def test_bytes_after_an_answer_retire_its_connection(extra: bytes) -> None:
+    async def chatty(
+        server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await server.read_request(reader)
+        writer.write(OK + extra)  # more than was asked for, in the same read
+        await writer.drain()
+        await reader.read()
+
+    transport = Http1Transport()
+    async with serving(chatty) as server:
+        for _ in range(2):
+            assert await read(await post(transport, server.url)) == b"hello"
+        await transport.aclose()
+    assert server.connections == 2

@@ -312,20 +312,12 @@ def verdicts(results: dict[str, SystemResult]) -> list[Verdict]:
             if name in several
             else "gateway"
         )
-        check(
-            f"throughput @32 >= 20x LiteLLM's ({how})",
-            ratio(rps(name), rps("litellm")),
-            20,
-            "x",
-            above=True,
-        )
-        check(
-            f"throughput @32 >= 1/4 of the pass-through's ({how})",
-            ratio(rps(name), rps("passthrough")),
-            0.25,
-            "x",
-            above=True,
-        )
+        for yardstick, limit, times in (
+            ("litellm", 20, "20x LiteLLM's"),
+            ("passthrough", 0.25, "1/4 of the pass-through's"),
+        ):
+            target = f"throughput @32 >= {times} ({how})"
+            check(target, ratio(rps(name), rps(yardstick)), limit, "x", above=True)
     omni = results.get("omni-gateway")
     peak = omni.peak_rss_mb if omni else math.nan
     check("peak RSS of omni up (+ nats-server) under load < 150 MB", peak, 150, " MB")

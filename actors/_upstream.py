@@ -44,6 +44,7 @@ log = logging.getLogger("omnillm.caller")
 
 MAX_ERROR_BODY: Final = 64 * 1024
 WRITE_TIMEOUT_S: Final = 30.0
+MAX_URLS: Final = 1024
 FIXED_HEADERS: Final = {"accept-encoding": "identity", "user-agent": f"omnillm/{__version__}"}
 
 
@@ -162,6 +163,7 @@ class Upstream:
             "read": None,
             "write": WRITE_TIMEOUT_S,
         }
+        self._urls: dict[str, httpx.URL] = {}
         self._waiting: dict[Call, None] = {}
         """Calls in progress, for ``heartbeats`` (a dict: ordered, unlike a set)."""
 
@@ -203,7 +205,7 @@ class Upstream:
             headers = {**self.auth_headers[wire.auth], **wire.headers}
         outgoing = httpx.Request(
             wire.method,
-            self.base_url + wire.path,
+            self._url(wire.path),
             content=wire.body,
             headers=headers,
             extensions={"timeout": self._timeouts},
@@ -221,6 +223,15 @@ class Upstream:
                 await response.aclose()
         except httpx.TransportError as exc:
             raise _transport_error(exc, self.provider) from exc
+
+    def _url(self, path: str) -> httpx.URL:
+        """``base_url + path``, parsed once per path (a path per model at most)."""
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= MAX_URLS:
+                self._urls.clear()
+            url = self._urls[path] = httpx.URL(self.base_url + path)
+        return url
 
     async def _headers(self, outgoing: httpx.Request, call: Call) -> httpx.Response:
         """The response head, within the first-token limit: a provider that accepts the

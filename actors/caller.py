@@ -18,8 +18,8 @@ When a candidate gives up, the envelope goes on (fallback is a republish):
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,7 +84,7 @@ class _Spent:
 
     def __init__(self) -> None:
         self.started = time.monotonic()
-        self.run = uuid.uuid4().hex[:16]
+        self.run = os.urandom(8).hex()
         """This execution of the attempt: another caller may run it too (see ``Usage.run``)."""
         self.spec: ModelSpec | None = None
         self.tries = 0

@@ -19,9 +19,9 @@ floor come from ``classifier:`` in the config.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Final, NamedTuple, Protocol
 
 import msgspec
@@ -253,7 +253,7 @@ def _key_of(request: ChatRequest, subject: str) -> str:
 def request_id(msg: Msg) -> str:
     """The client's request id when it sent a usable one, else a new one."""
     rid = (msg.headers or {}).get(RID_HEADER, "")
-    return rid if _RID.fullmatch(rid) else uuid.uuid4().hex
+    return rid if _RID.fullmatch(rid) else os.urandom(16).hex()
 
 
 class Planner(Protocol):

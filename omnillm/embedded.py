@@ -51,7 +51,7 @@ from omnillm._nats_conf import (
 )
 from omnillm.errors import ConfigError, OmniLLMError
 
-__all__ = ["EmbeddedNats", "NatsServerError", "find_nats_server"]
+__all__ = ["EmbeddedNats", "NatsServerError", "find_nats_server", "is_loopback", "render_config"]
 
 _LISTEN: Final = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _READY: Final = "Server is ready"
@@ -86,27 +86,13 @@ def _die_with_parent() -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def render_config(
-    *,
-    host: str,
-    port: int,
-    store_dir: Path,
-    max_payload: int,
-    users: Sequence[UserSpec] = (),
-    anonymous: bool = True,
-) -> str:
-    """The embedded server's config file: ``nats.conf``'s permissions (see the module)."""
-    return render_embedded(
-        host=host,
-        port=port,
-        store_dir=store_dir,
-        max_payload=max_payload,
-        users=users,
-        anonymous=anonymous,
-    )
+render_config = render_embedded
+"""The embedded server's config file: ``nats.conf``'s permissions (see the module). Looked
+up here at each start, so a test may replace it."""
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``host`` (an address, or ``localhost``) is only reachable from this machine."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -154,7 +140,7 @@ class EmbeddedNats:
 
     def start(self) -> str:
         """Start the server and wait until it accepts clients; returns its URL."""
-        if self.users and self.anonymous and not _loopback(self.host):
+        if self.users and self.anonymous and not is_loopback(self.host):
             raise ConfigError(
                 f"nats.users: the embedded server on {self.host!r} is reachable from other "
                 "machines, and connections without credentials act without limits there, so "

@@ -1,6 +1,6 @@
 """``omni up``: the embedded NATS server (unless a URL is given) and every actor, in one
-process; with ``workers`` above 1, the gateway in that many processes on one port
-(:mod:`omnillm.workers`).
+process; with ``workers`` above 1, the gateway also in ``workers - 1`` other processes on
+one port, which take its connections (:mod:`omnillm.workers`).
 
 Start order: server, connection, actors (each reports started once its
 subscription is live), then the worker processes. Stop order is the reverse, and
@@ -12,7 +12,6 @@ are reaped on every exit path, so nothing is left running.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from omnillm.actors.prober import ProberActor
 from omnillm.bus.audit import ensure_audit_stream
 from omnillm.bus.connection import Bus
 from omnillm.config import Settings
-from omnillm.embedded import EmbeddedNats
+from omnillm.embedded import EmbeddedNats, is_loopback
 from omnillm.errors import ConfigError
 from omnillm.metrics import Metrics, MetricsTap, serve_metrics
 from omnillm.providers.families import IMPLEMENTED
@@ -81,13 +80,6 @@ def _classifier(bus: Bus, **options: Any) -> ClassifierActor:
         raise ConfigError(str(exc)) from exc
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def build_actors(
     bus: Bus,
     settings: Settings,
@@ -130,7 +122,7 @@ def build_actors(
         actors.append(ProberActor(bus, settings, providers, boards=boards))
     if "gateway" in kinds:
         gateway = settings.config.gateway
-        if not gateway.keys and not _loopback(gateway.host):
+        if not gateway.keys and not is_loopback(gateway.host):
             raise ConfigError(
                 f"gateway.host {gateway.host!r} is reachable from other machines but no "
                 "gateway.keys are configured: add keys, or keep the default 127.0.0.1"
@@ -172,8 +164,9 @@ class Stack:
         worker: int | None = None,
         metrics_subject: str | None = None,
     ) -> None:
-        """``workers``: processes serving the gateway, this one included (the others are
-        started here). ``worker``: this process is that worker of another's ``Stack``,
+        """``workers``: processes, this one included; above 1, the others (started here)
+        serve the gateway, and this one's gateway takes connections only while none of
+        them listens. ``worker``: this process is that worker of another's ``Stack``,
         whose gateway counts metrics and answers scrapes on ``metrics_subject``."""
         if workers > 1 and not sys.platform.startswith("linux"):
             raise ConfigError(

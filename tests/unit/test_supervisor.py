@@ -6,8 +6,9 @@ import msgspec
 import pytest
 
 from omnillm.config import Config, resolve
+from omnillm.embedded import is_loopback
 from omnillm.errors import ConfigError
-from omnillm.supervisor import _loopback, build_actors
+from omnillm.supervisor import build_actors
 
 
 def test_a_gateway_open_to_the_network_needs_keys() -> None:
@@ -29,4 +30,4 @@ def test_a_gateway_open_to_the_network_needs_keys() -> None:
     ],
 )
 def test_loopback_hosts_are_recognised(host: str, loopback: bool) -> None:
-    assert _loopback(host) is loopback
+    assert is_loopback(host) is loopback

@@ -37,9 +37,7 @@ import itertools
 import os
 import platform
 import shlex
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -59,7 +57,7 @@ from bench.loadgen import (
     nats_probe,
     open_loop,
 )
-from bench.procs import Proc, StartError, load_average
+from bench.procs import Proc, StartError, exit_on_sigterm, load_average, work_dir
 from bench.report import Phase, SystemResult, ab_table, overhead, tables, verdicts, write_json
 from omnillm.client import Client
 
@@ -414,21 +412,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.litellm_version = None
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     started, load_before = datetime.datetime.now(datetime.UTC), load_average()
     with contextlib.ExitStack() as stack:
-        if args.work is None:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="omnillm-bench-")))
-        else:
-            work = args.work.resolve()
-            work.mkdir(parents=True, exist_ok=True)
+        work = work_dir(stack, args.work, "omnillm-bench-")
         try:
             run = _start_all(args, work, stack)
         except StartError as exc:

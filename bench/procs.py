@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,11 +28,13 @@ __all__ = [
     "StartError",
     "cpu_seconds",
     "descendants",
+    "exit_on_sigterm",
     "free_port",
     "load_average",
     "memory_kb",
     "process_name",
     "wait_http",
+    "work_dir",
 ]
 
 _TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -237,3 +240,22 @@ class Proc:
         for pid in self._alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signum)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C (``SystemExit``), so every ``ExitStack`` callback, and
+    with it every started process's stop, still runs."""
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def work_dir(stack: contextlib.ExitStack, keep: Path | None, prefix: str) -> Path:
+    """``keep`` (made if missing), or a temporary folder removed when ``stack`` closes."""
+    if keep is None:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    work = keep.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    return work

@@ -23,10 +23,8 @@ import itertools
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +35,7 @@ from nats.aio.msg import Msg
 
 from bench import systems
 from bench.loadgen import HttpStreams, Probe, closed_loop, http_probe, nats_probe
-from bench.procs import Proc, StartError, cpu_seconds, process_name
+from bench.procs import Proc, StartError, cpu_seconds, exit_on_sigterm, process_name, work_dir
 from omnillm.bus.connection import Bus
 from omnillm.client import Client
 
@@ -279,10 +277,6 @@ async def _profile(args: argparse.Namespace, omni: Proc, nats_url: str, gateway_
                     out.write("\n" + text + "\n")
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     add = parser.add_argument
@@ -301,18 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.py_spy = py_spy(args.py_spy)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="omnillm-profile-")))
+        work = work_dir(stack, None, "omnillm-profile-")
         try:
-            mock, mock_url = systems.start_mock(
-                work, tokens=args.tokens, ttft_ms=0, token_delay_ms=args.token_delay_ms
+            omni, nats_url, gateway_url = systems.start_mock_and_omni(
+                stack,
+                work,
+                tokens=args.tokens,
+                token_delay_ms=args.token_delay_ms,
+                command=args.omni_command,
             )
-            stack.callback(mock.stop)
-            omni, nats_url, gateway_url = systems.start_omni(
-                work, mock_url, command=args.omni_command
-            )
-            stack.callback(omni.stop)
         except StartError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1

@@ -18,9 +18,7 @@ import contextlib
 import itertools
 import math
 import shlex
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ import anyio
 
 from bench import systems
 from bench.loadgen import Batch, HttpStreams, Probe, Sample, closed_loop, http_probe, nats_probe
-from bench.procs import Proc, StartError, load_average
+from bench.procs import Proc, StartError, exit_on_sigterm, load_average, work_dir
 from bench.report import Phase, Verdict, ms, table, write_json
 from omnillm.client import Client
 
@@ -198,10 +196,6 @@ def _percent(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value * 100:+.1f}%"
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
     add = parser.add_argument
@@ -216,22 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     add("--omni-command", type=shlex.split, default=[sys.executable, "-m", "omnillm.cli"])
     add("--work", type=Path, help="keep configs and logs here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     with contextlib.ExitStack() as stack:
-        if args.work is None:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="omnillm-soak-")))
-        else:
-            work = args.work.resolve()
-            work.mkdir(parents=True, exist_ok=True)
+        work = work_dir(stack, args.work, "omnillm-soak-")
         try:
-            mock, mock_url = systems.start_mock(
-                work, tokens=args.tokens, ttft_ms=0, token_delay_ms=0
+            omni, nats_url, gateway_url = systems.start_mock_and_omni(
+                stack, work, tokens=args.tokens, token_delay_ms=0, command=args.omni_command
             )
-            stack.callback(mock.stop)
-            omni, nats_url, gateway_url = systems.start_omni(
-                work, mock_url, command=args.omni_command
-            )
-            stack.callback(omni.stop)
         except StartError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -31,6 +32,7 @@ __all__ = [
     "litellm_version",
     "start_litellm",
     "start_mock",
+    "start_mock_and_omni",
     "start_omni",
     "start_passthrough",
 ]
@@ -98,6 +100,23 @@ def start_omni(
     nats_url, gateway_url = line.group(1), line.group(2)
     wait_http(gateway_url.removesuffix("/v1") + "/healthz", _START_S, proc)
     return proc, nats_url, gateway_url
+
+
+def start_mock_and_omni(
+    stack: contextlib.ExitStack,
+    work: Path,
+    *,
+    tokens: int,
+    token_delay_ms: float,
+    command: Sequence[str] | None = None,
+) -> tuple[Proc, str, str]:
+    """The mock (no time to first token) and ``omni up`` on it, each stopped when
+    ``stack`` closes: ``omni up``, its NATS URL and its gateway base URL."""
+    mock, mock_url = start_mock(work, tokens=tokens, ttft_ms=0, token_delay_ms=token_delay_ms)
+    stack.callback(mock.stop)
+    omni, nats_url, gateway_url = start_omni(work, mock_url, command=command)
+    stack.callback(omni.stop)
+    return omni, nats_url, gateway_url
 
 
 def _litellm_bin(venv: Path) -> Path:

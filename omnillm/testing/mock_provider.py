@@ -83,6 +83,7 @@ __all__ = [
     "answer_tokens",
     "count_prompt_tokens",
     "main",
+    "serve_until_signal",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -393,12 +394,16 @@ async def _serve(args: argparse.Namespace) -> None:
         free_tier_refused=args.free_tier_refused,
         fault=args.fault,
     )
+    await serve_until_signal(MockProvider(settings), args.host, args.port)
+
+
+async def serve_until_signal(provider: MockProvider, host: str, port: int) -> None:
+    """Serve ``provider`` until SIGINT or SIGTERM; the listening line is printed once bound."""
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
-    provider = MockProvider(settings)
-    await provider.start(args.host, args.port)
+    await provider.start(host, port)
     try:
         print(f"mock provider listening on {provider.base_url}", flush=True)
         await stopped.wait()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from aiohttp import web
 
 from omnillm.testing import _mock_openai
 from omnillm.testing._mock_common import MockError, MockSettings, make_plan
-from omnillm.testing.mock_provider import MockProvider
+from omnillm.testing.mock_provider import MockProvider, serve_until_signal
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,17 +53,8 @@ class RecordingMock(MockProvider):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopped.set)
     provider = RecordingMock(MockSettings(tokens=args.tokens), args.record)
-    await provider.start(args.host, args.port)
-    try:
-        print(f"mock provider listening on {provider.base_url}", flush=True)
-        await stopped.wait()
-    finally:
-        await provider.stop()
+    await serve_until_signal(provider, args.host, args.port)
 
 
 def expect(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from omnillm.bus.usage import STREAM, ensure_stream
 from omnillm.embedded import find_nats_server
 from omnillm.testing.mock_provider import MockProvider, MockSettings
 from tests.conftest import client_for, mock_settings, running
-from tests.e2e._outcomes import outcome_of
+from tests.e2e._outcomes import Load
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -227,24 +227,19 @@ async def test_losing_a_node_mid_traffic_ends_every_request_and_bills_every_answ
                         survivor, timeout_s=timeout_s, stall_s=silence_s, first_frame_s=silence_s
                     ) as client,
                 ):
-                    answered = finished = 0
-                    halfway = anyio.Event()
-                    slots = anyio.Semaphore(concurrency)
-
-                    async def one(i: int) -> None:
-                        nonlocal answered, finished
-                        async with slots:
-                            with anyio.fail_after(timeout_s + 5):  # past this, it hung
-                                outcomes[i] = await outcome_of(client, f"ask {i}", TOKENS)
-                        answered += outcomes[i] == "answer"
-                        finished += 1
-                        if answered >= kill_after or finished == requests:
-                            halfway.set()
-
+                    load = Load(
+                        client,
+                        "ask",
+                        outcomes,
+                        tokens=TOKENS,
+                        requests=requests,
+                        concurrency=concurrency,
+                        kill_after=kill_after,
+                        limit_s=timeout_s + 5,
+                    )
                     async with anyio.create_task_group() as tg:
-                        for i in range(requests):
-                            tg.start_soon(one, i)
-                        await halfway.wait()
+                        load.start(tg)
+                        await load.enough.wait()
                         next(n for n in nodes if n.name == doomed).kill()
                         killed_at = time.monotonic()
                     traffic_s = time.monotonic() - killed_at

@@ -20,7 +20,7 @@ from anyio.abc import Process
 from omnillm.embedded import EmbeddedNats
 from omnillm.testing.mock_provider import MockProvider, MockSettings
 from tests.conftest import client_for, mock_settings, running
-from tests.e2e._outcomes import outcome_of
+from tests.e2e._outcomes import Load
 from tests.e2e.test_cli import OMNI, read_lines, without_keys
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -91,25 +91,20 @@ async def test_three_callers_share_the_work_and_a_killed_one_leaves_no_request_h
             callers(directories, url) as processes,
             client_for(url, timeout_s=timeout_s, stall_s=silence_s, first_frame_s=silence_s) as c,
         ):
-            answered = finished = 0
-            enough = anyio.Event()
-            slots = anyio.Semaphore(concurrency)
+            load = Load(
+                c,
+                "job",
+                outcomes,
+                tokens=TOKENS,
+                requests=requests,
+                concurrency=concurrency,
+                kill_after=kill_after,
+                limit_s=timeout_s + 5,
+            )
             started = time.monotonic()
-
-            async def one(i: int) -> None:
-                nonlocal answered, finished
-                async with slots:
-                    with anyio.fail_after(timeout_s + 5):  # past this, it hung
-                        outcomes[i] = await outcome_of(c, f"job {i}", TOKENS)
-                answered += outcomes[i] == "answer"
-                finished += 1
-                if answered >= kill_after or finished == requests:
-                    enough.set()
-
             async with anyio.create_task_group() as tg:
-                for i in range(requests):
-                    tg.start_soon(one, i)
-                await enough.wait()
+                load.start(tg)
+                await load.enough.wait()
                 with anyio.fail_after(5):  # the next call to reach it streams for 0.2 s
                     seen = len(mocks[0].attempts.get("mock-small", ()))
                     await mocks[0].wait_attempts("mock-small", seen + 1)

@@ -51,7 +51,14 @@ from omnillm._nats_conf import (
 )
 from omnillm.errors import ConfigError, OmniLLMError
 
-__all__ = ["EmbeddedNats", "NatsServerError", "find_nats_server", "is_loopback", "render_config"]
+__all__ = [
+    "EmbeddedNats",
+    "NatsServerError",
+    "die_with_parent",
+    "find_nats_server",
+    "is_loopback",
+    "render_config",
+]
 
 _LISTEN: Final = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _READY: Final = "Server is ready"
@@ -78,8 +85,9 @@ def find_nats_server() -> str:
     return found
 
 
-def _die_with_parent() -> None:
-    """Linux: the server gets SIGTERM if the process that started it dies, even by SIGKILL."""
+def die_with_parent() -> None:
+    """Linux: this process (the server, in ``preexec_fn``) gets SIGTERM when the process
+    that started it dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
@@ -168,7 +176,7 @@ class EmbeddedNats:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # a Ctrl-C in the terminal is ours to handle, not its
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         assert self.process.stderr is not None
         self._drain = threading.Thread(

@@ -30,7 +30,6 @@ worker that fails before it is ready.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -48,6 +47,7 @@ import msgspec
 from anyio.abc import Process, TaskStatus
 
 from omnillm.config import Config, LiveProvider, Settings
+from omnillm.embedded import die_with_parent
 from omnillm.errors import OmniLLMError
 from omnillm.providers.catalog import Catalog, ModelSpec
 
@@ -70,7 +70,6 @@ RESTART_LIMIT: Final = 5
 RESTART_WINDOW_S: Final = 60.0
 READY_TIMEOUT_S: Final = 60.0
 _READY: Final = b"ready\n"
-_PR_SET_PDEATHSIG: Final = 1
 
 
 class WorkerFailed(OmniLLMError):
@@ -297,10 +296,7 @@ class WorkerPool:
 
 def _die_with_parent(parent: int) -> bool:
     """Linux: SIGTERM when the main process dies, even by SIGKILL. False if it already has."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent()
     return os.getppid() == parent
 
 

@@ -26,9 +26,9 @@ import msgspec
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
-from omnillm.actors._boards import Boards
-from omnillm.actors._policy import health_state, rule_for
-from omnillm.actors._upstream import Call, Discard, new_transport, upstream_for
+from omnillm.actors.boards import Boards
+from omnillm.actors.caller.policy import health_state, rule_for
+from omnillm.actors.caller.upstream import Call, Discard, new_transport, upstream_for
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.events import Event

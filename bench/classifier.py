@@ -21,7 +21,7 @@ from eval.evaluate import (
     build_request,
     load,
 )
-from omnillm.actors.classifier import classify
+from omnillm.actors.classifier.actor import classify
 from omnillm.bus.messages import ChatRequest, FunctionCall, FunctionDef, Message, Tool, ToolCall
 
 BUDGET_US = 100.0

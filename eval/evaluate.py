@@ -22,7 +22,7 @@ from typing import Final
 
 import msgspec
 
-from omnillm.actors.classifier import classify
+from omnillm.actors.classifier.actor import classify
 from omnillm.bus.messages import (
     TIERS,
     ChatRequest,

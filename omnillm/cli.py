@@ -28,8 +28,8 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from omnillm import costs, listings, openclaw
-from omnillm.actors._ledger_db import GROUPINGS
 from omnillm.actors.admin import ModelRow, ProviderRow
+from omnillm.actors.ledger.store import GROUPINGS
 from omnillm.bus._login import redact
 from omnillm.bus.connection import RID_HEADER, Bus
 from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Reset, Start
@@ -362,7 +362,7 @@ async def _stats(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _classify(args: argparse.Namespace, config: Config) -> int:
-    from omnillm.actors.classifier import classify
+    from omnillm.actors.classifier.actor import classify
 
     request = _request_to_classify(args)
     result = classify(request, config.classifier)

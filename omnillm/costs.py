@@ -18,8 +18,8 @@ import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from omnillm.actors._ledger_db import Estimates
-from omnillm.actors.ledger import CostQuery, CostRow, Grouping, SpendQuery, Stats, StatsQuery
+from omnillm.actors.ledger.actor import CostQuery, CostRow, Grouping, SpendQuery, Stats, StatsQuery
+from omnillm.actors.ledger.store import Estimates
 from omnillm.bus import subjects
 from omnillm.bus._login import redact
 from omnillm.bus.connection import Bus

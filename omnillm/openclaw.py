@@ -35,7 +35,7 @@ import json5
 
 from omnillm._json5_edit import Value, insert_members, lookup, parse, remove_member, set_member
 from omnillm._json5_edit import replace_value as _replace
-from omnillm.actors.planner import BUILTIN_ALIASES
+from omnillm.actors.planner.actor import BUILTIN_ALIASES
 from omnillm.bus.messages import TIERS
 from omnillm.config import AliasConfig, Config, Settings
 from omnillm.errors import ConfigError

@@ -21,13 +21,13 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from prometheus_client import CollectorRegistry
 
-from omnillm.actors._boards import Boards
 from omnillm.actors.admin import AdminActor
-from omnillm.actors.caller import CallerActor
-from omnillm.actors.classifier import ClassifierActor
-from omnillm.actors.gateway import GatewayActor
-from omnillm.actors.ledger import LedgerActor
-from omnillm.actors.planner import PlannerActor
+from omnillm.actors.boards import Boards
+from omnillm.actors.caller.actor import CallerActor
+from omnillm.actors.classifier.actor import ClassifierActor
+from omnillm.actors.gateway.actor import GatewayActor
+from omnillm.actors.ledger.actor import LedgerActor
+from omnillm.actors.planner.actor import PlannerActor
 from omnillm.actors.prober import ProberActor
 from omnillm.bus.audit import ensure_audit_stream
 from omnillm.bus.connection import Bus

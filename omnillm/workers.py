@@ -5,7 +5,7 @@ Each of the other N-1 processes runs a gateway (:data:`~omnillm.supervisor.WORKE
 on the same NATS and the same port: the main process binds it first (port 0 becomes a
 real one), the workers bind it too with ``SO_REUSEPORT``, and the kernel spreads new
 connections over the workers; the main process is sent connections only while none of
-them listens (see ``actors.gateway._steer_to_others``). Every response names its
+them listens (see ``actors.gateway.sockets.steer_to_others``). Every response names its
 process in ``x-omnillm-worker`` (0: the main one). A worker's ``/metrics`` asks the main process,
 which counts (on a private inbox subject), so a scrape shows the same counts whichever
 process it reaches.

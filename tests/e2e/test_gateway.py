@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from omnillm.actors.gateway import GatewayActor
+from omnillm.actors.gateway.actor import GatewayActor
 from omnillm.bus.connection import Bus
 from omnillm.config import Settings
 from omnillm.embedded import EmbeddedNats

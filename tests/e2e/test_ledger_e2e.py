@@ -11,7 +11,7 @@ import nats
 import nats.js.errors
 import pytest
 
-from omnillm.actors.ledger import CONSUMER
+from omnillm.actors.ledger.actor import CONSUMER
 from omnillm.bus.usage import STREAM
 from omnillm.client import Completion
 from omnillm.config import load_config, resolve

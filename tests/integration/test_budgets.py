@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from omnillm.actors._budget import window_start
+from omnillm.actors.planner._budget import window_start
 from omnillm.bus.messages import Start
 from omnillm.costs import fetch_stats
 from omnillm.embedded import EmbeddedNats

@@ -14,10 +14,10 @@ import httpx
 import msgspec
 import pytest
 
-from omnillm.actors._base import Actor
-from omnillm.actors.caller import CallerActor
-from omnillm.actors.classifier import ClassifierActor
-from omnillm.actors.planner import PlannerActor
+from omnillm.actors.base import Actor
+from omnillm.actors.caller.actor import CallerActor
+from omnillm.actors.classifier.actor import ClassifierActor
+from omnillm.actors.planner.actor import PlannerActor
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import Delta, Done, Error, Start
 from omnillm.config import Config, Settings, resolve

@@ -7,7 +7,7 @@ import anyio
 import pytest
 from nats.aio.msg import Msg
 
-from omnillm.actors._base import HandoffActor
+from omnillm.actors.base import HandoffActor
 from omnillm.bus.connection import Bus
 from omnillm.bus.handoff import Outcome, hand_off
 from omnillm.embedded import EmbeddedNats

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from omnillm import embedded
-from omnillm.actors.ledger import CONSUMER, CostRow, LedgerActor, LedgerStore, Stats
+from omnillm.actors.ledger.actor import CONSUMER, CostRow, LedgerActor, LedgerStore, Stats
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import Failure, TokenUsage, Usage
 from omnillm.bus.usage import (

@@ -13,8 +13,8 @@ from eval.evaluate import (
     evaluate,
     load,
 )
-from omnillm.actors._features import DEFAULT_WEIGHTS, FEATURES, measure, score
-from omnillm.actors.classifier import DEFAULT, check_config, classify, estimate_tokens
+from omnillm.actors.classifier._features import DEFAULT_WEIGHTS, FEATURES, measure, score
+from omnillm.actors.classifier.actor import DEFAULT, check_config, classify, estimate_tokens
 from omnillm.bus.messages import (
     TIERS,
     ChatRequest,

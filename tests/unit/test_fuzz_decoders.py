@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from omnillm.actors._openai_http import parse_chat
-from omnillm.actors.classifier import classify
+from omnillm.actors.classifier.actor import classify
+from omnillm.actors.gateway.openai_in import parse_chat
 from omnillm.bus.messages import (
     MAX_JSON_DEPTH,
     MAX_KEY_BYTES,

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from omnillm.actors.gateway import ADMIN_MAX_BYTES, GatewayActor
+from omnillm.actors.gateway.actor import ADMIN_MAX_BYTES, GatewayActor
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import ChatRequest, Delta, Done, Frame, Start
 from omnillm.client import Client

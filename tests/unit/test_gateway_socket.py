@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from omnillm.actors.gateway import _listen, _steer_to_others
+from omnillm.actors.gateway.sockets import listen, steer_to_others
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +28,7 @@ async def test_accepted_connections_send_each_frame_at_once_without_nagle() -> N
         nodelay.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         writer.close()
 
-    listening = _listen("127.0.0.1", 0)
+    listening = listen("127.0.0.1", 0)
     server = await asyncio.start_server(accepted, sock=listening)
     async with server:
         port = listening.getsockname()[1]
@@ -54,10 +54,10 @@ def _accepted(sock: socket.socket) -> int:
 def test_the_main_process_socket_gets_connections_only_while_no_worker_listens() -> None:
     """``omni up --workers 3``: the main process's gateway (first in the port's group)
     sends new connections to the two workers, and takes them itself when they are down."""
-    main = _listen("127.0.0.1", 0, reuse_port=True)
+    main = listen("127.0.0.1", 0, reuse_port=True)
     port = main.getsockname()[1]
-    _steer_to_others(main, 2)
-    workers = [_listen("127.0.0.1", port, reuse_port=True) for _ in range(2)]
+    steer_to_others(main, 2)
+    workers = [listen("127.0.0.1", port, reuse_port=True) for _ in range(2)]
     clients: list[socket.socket] = []
     try:
         clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trustme
 
-from omnillm.actors._http1 import Http1Transport
+from omnillm.actors.caller._http1 import Http1Transport
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from omnillm.actors._ledger_db import GROUPINGS, LedgerStore, nearest_rank
+from omnillm.actors.ledger.store import GROUPINGS, LedgerStore, nearest_rank
 from omnillm.bus.messages import TokenUsage, Usage
 from omnillm.costs import InvalidSince, parse_since, render_cost, render_stats
 from omnillm.providers.catalog import ModelSpec, cost_usd, load_builtin_catalog
@@ -319,7 +319,7 @@ def test_the_stats_table_shows_shares_percentiles_and_savings(store: LedgerStore
 
 
 def test_estimates_calibrate_the_input_guess_per_provider_and_learn_output_per_tier() -> None:
-    from omnillm.actors._ledger_db import LedgerStore as Store
+    from omnillm.actors.ledger.store import LedgerStore as Store
 
     store = Store(":memory:")
     rows = []

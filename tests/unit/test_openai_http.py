@@ -8,15 +8,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from omnillm.actors._gateway_keys import KeyRefused, KeyRing
-from omnillm.actors._openai_http import (
+from omnillm.actors.gateway.keys import KeyRefused, KeyRing
+from omnillm.actors.gateway.openai_in import (
     error_body,
     error_status,
     models_body,
     parse_chat,
     session_id,
 )
-from omnillm.actors._openai_render import DONE_EVENT, ChunkStream, Folded, completion_body
+from omnillm.actors.gateway.openai_out import DONE_EVENT, ChunkStream, Folded, completion_body
 from omnillm.bus.messages import (
     ChatRequest,
     Delta,

@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from omnillm.actors._dispatch import exhausted
-from omnillm.actors.classifier import classify
-from omnillm.actors.planner import MAX_CHAIN, plan
+from omnillm.actors.classifier.actor import classify
+from omnillm.actors.planner.actor import MAX_CHAIN, plan
 from omnillm.bus.messages import (
     Candidate,
     ChatRequest,
@@ -466,7 +466,7 @@ def test_a_switch_puts_the_preferred_providers_models_first_unless_a_model_is_pi
 
 
 def test_the_route_names_what_was_skipped_and_why() -> None:
-    from omnillm.actors.planner import route
+    from omnillm.actors.planner.actor import route
 
     settings = _aliases_settings()
     image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
@@ -481,8 +481,8 @@ def test_the_route_names_what_was_skipped_and_why() -> None:
 
 
 def test_estimated_cost_uses_the_ledgers_calibration_once_it_has_enough_answers() -> None:
-    from omnillm.actors._ledger_db import Estimates, InputEstimate, OutputExpectation
-    from omnillm.actors.planner import route
+    from omnillm.actors.ledger.store import Estimates, InputEstimate, OutputExpectation
+    from omnillm.actors.planner.actor import route
 
     settings = _aliases_settings()
     request = _ask("acme/tiny")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from omnillm.actors._policy import POLICY, Action, Decision, RetryPolicy, backoff, decide
+from omnillm.actors.caller.policy import POLICY, Action, Decision, RetryPolicy, backoff, decide
 
 POLICY_DEFAULTS = RetryPolicy()
 

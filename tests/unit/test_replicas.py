@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from omnillm.actors._boards import Boards
+from omnillm.actors.boards import Boards
 from omnillm.bus.connection import MAX_AUTO_REPLICAS, Bus, cluster_replicas
 from omnillm.bus.usage import STREAM
 from omnillm.config import load_config, resolve

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from omnillm.actors.gateway import _check_free, _listen
+from omnillm.actors.gateway.sockets import check_free, listen
 from omnillm.cli import _lone_error, main
 from omnillm.config import Config, load_config
 from omnillm.errors import ConfigError, NoRouter
@@ -15,18 +15,18 @@ from omnillm.workers import MAX_AUTO_WORKERS, worker_count
 
 
 def test_workers_of_a_group_listen_on_one_port_and_a_second_group_is_refused() -> None:
-    first = _listen("127.0.0.1", 0, reuse_port=True)
+    first = listen("127.0.0.1", 0, reuse_port=True)
     port = first.getsockname()[1]
-    joined = _listen("127.0.0.1", port, reuse_port=True)
+    joined = listen("127.0.0.1", port, reuse_port=True)
     try:
         with pytest.raises(OSError, match="in use"):
-            _check_free("127.0.0.1", port)  # another omni up --workers on this port
+            check_free("127.0.0.1", port)  # another omni up --workers on this port
         with pytest.raises(OSError, match="in use"):
-            _listen("127.0.0.1", port)  # a gateway of its own
+            listen("127.0.0.1", port)  # a gateway of its own
     finally:
         first.close()
         joined.close()
-    _check_free("127.0.0.1", port)  # free again once the group is gone
+    check_free("127.0.0.1", port)  # free again once the group is gone
 
 
 def test_gateway_workers_takes_a_number_or_auto(tmp_path: Path) -> None:

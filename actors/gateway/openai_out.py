@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import msgspec
 
-from omnillm.actors._openai_http import error_body
+from omnillm.actors.gateway.openai_in import error_body
 from omnillm.bus.messages import Delta, Done, Start, TokenUsage, ToolCallDelta
 
 __all__ = ["DONE_EVENT", "ChunkStream", "Folded", "completion_body", "sse", "usage_body"]

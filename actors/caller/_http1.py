@@ -8,7 +8,7 @@ response streamed as it arrives, connections kept alive per origin, TLS with htt
 certificates (certifi, or ``SSL_CERT_FILE``). No proxies, redirects, cookies or
 decompression: the caller asks for ``identity`` and reads raw bytes.
 
-Failures come out as httpx's exceptions, so ``actors._upstream`` maps one tree:
+Failures come out as httpx's exceptions, so :mod:`.upstream` maps one tree:
 
 - ``ConnectError`` / ``ConnectTimeout``: no connection (refused, DNS, TLS, timeout);
 - ``ReadError``: the connection dropped before the response was whole;

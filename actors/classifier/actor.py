@@ -27,9 +27,9 @@ from typing import Final, NamedTuple, Protocol
 import msgspec
 from nats.aio.msg import Msg
 
-from omnillm.actors._base import Actor
 from omnillm.actors._dispatch import fail_request
-from omnillm.actors._features import (
+from omnillm.actors.base import Actor
+from omnillm.actors.classifier._features import (
     DEFAULT_WEIGHTS,
     FEATURES,
     evidence,

@@ -17,7 +17,7 @@ import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from omnillm.actors._ledger_db import Estimates
+from omnillm.actors.ledger.store import Estimates
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 

@@ -5,16 +5,15 @@ Any OpenAI client (OpenClaw, the OpenAI SDKs, curl) points its base URL at
 one shared :class:`~omnillm.client.Client`; its frames come back as OpenAI SSE chunks
 or one ``chat.completion``. Routes:
 
-- ``POST /v1/chat/completions``: streamed or not, see :mod:`._openai_render`;
+- ``POST /v1/chat/completions``: parsed by :mod:`.openai_in`, answered by :mod:`.answers`
+  (streamed or not) in the chunks :mod:`.openai_out` renders;
 - ``GET /v1/models``: the aliases and the live catalog models, in OpenAI's list format;
 - ``GET /healthz``: 200 while the NATS connection is up, else 503.
 
 **Status first, then tokens.** A stream's ``200`` goes out with its first frame (the
 ``Start`` that comes with the first token), so an error before any token is a real
 HTTP error status with OpenAI's error JSON, which clients retry or report as such. A
-``Reset`` before any token is invisible. An error after the first token is one SSE
-``{"error": ...}`` event and the end of the body, with no finish chunk and no
-``[DONE]``: a client never takes a cut answer for a whole one.
+``Reset`` before any token is invisible (see :mod:`.answers`).
 
 **Headers.** ``x-omnillm-request-id``, ``-provider``, ``-model`` (``provider/model``),
 ``-tier`` and ``-overhead-ms``: the milliseconds from the gateway receiving the
@@ -28,21 +27,18 @@ port (``worker``): number 0, in the main process, binds it first and the others 
 with ``SO_REUSEPORT``. Number 0 steers new connections to the others (``steer``): the
 main process runs the router's actors, which were the busiest event loop, and answers
 HTTP only while no other worker listens (one restarting, say), so the port never
-refuses a connection. Each response names its process in ``x-omnillm-worker``. Only
-number 0 counts metrics; the others relay ``/metrics`` to it over ``metrics_subject``
-(a tap in every worker would decode every event once more per worker, about 0.2 ms of
-CPU a request each).
+refuses a connection (see :mod:`.sockets`). Each response names its process in
+``x-omnillm-worker``. Only number 0 counts metrics; the others relay ``/metrics`` to it
+over ``metrics_subject`` (a tap in every worker would decode every event once more per
+worker, about 0.2 ms of CPU a request each).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import socket
-import struct
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import aclosing, asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 from typing import Final
 
 import anyio
@@ -58,74 +54,38 @@ from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from omnillm.actors._gateway_keys import KeyRefused, KeyRing
-from omnillm.actors._openai_http import BUILTIN_ALIASES, error_body, error_status, models_body
-from omnillm.actors._openai_http import parse_chat as parse_openai_chat
-from omnillm.actors._openai_render import ChunkStream, Folded, completion_body, routed_model
+from omnillm.actors.gateway.answers import (
+    JSON,
+    Exchange,
+    error_response,
+    rid_header,
+    streamed,
+    whole,
+)
+from omnillm.actors.gateway.keys import KeyRefused, KeyRing
+from omnillm.actors.gateway.openai_in import BUILTIN_ALIASES, error_body, models_body
+from omnillm.actors.gateway.openai_in import parse_chat as parse_openai_chat
+from omnillm.actors.gateway.sockets import check_free, listen, steer_to_others
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
-from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Frame, Reset, Start
+from omnillm.bus.messages import ChatRequest
 from omnillm.client import Client
 from omnillm.config import GatewayKey, Settings
 from omnillm.errors import (
     InvalidRequest,
     OmniLLMError,
     RequestTooLarge,
-    StreamError,
-    from_code,
 )
 
 __all__ = ["GatewayActor"]
 
 log = logging.getLogger("omnillm.gateway")
 
-_JSON: Final = "application/json"
-_SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _encode: Final = msgspec.json.Encoder().encode
-
-
-def error_response(code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    body = _encode(error_body(code, message))
-    return Response(body, error_status(code), headers=headers, media_type=_JSON)
-
-
-def _start_headers(rid: str, frame: Start | Done, received: float) -> dict[str, str]:
-    headers = {
-        "x-omnillm-request-id": rid,
-        "x-omnillm-provider": frame.provider,
-        "x-omnillm-model": routed_model(frame.provider, frame.model),
-        "x-omnillm-overhead-ms": f"{(time.perf_counter() - received) * 1000:.1f}",
-    }
-    if isinstance(frame, Start) and frame.tier:
-        headers["x-omnillm-tier"] = frame.tier
-    return headers
-
-
-class _Exchange:
-    """One request's frames: the frames up to the first ``Start`` (or the end) are read
-    before any byte of the response is chosen."""
-
-    def __init__(self, frames: AsyncGenerator[Frame, None], received: float) -> None:
-        self.frames = frames
-        self.received = received
-        self.rid = ""
-
-    async def first(self) -> Start | Done:
-        """The first frame that opens the answer; raises the error that came instead."""
-        async for frame in self.frames:
-            self.rid = frame.rid
-            match frame:
-                case Start() | Done():
-                    return frame
-                case Error():
-                    raise from_code(frame.code, frame.message, provider=frame.provider)
-                case _:  # a Reset before any token; a Delta cannot come before Start
-                    continue
-        raise StreamError("the stream ended without an answer")
 
 
 class GatewayActor:
@@ -150,7 +110,7 @@ class GatewayActor:
         """This process's number among several serving one port; None: the port is its own."""
         self.steer = steer
         """Processes that join this one's port later: new connections go to them (see
-        ``_steer_to_others``)."""
+        ``sockets.steer_to_others``)."""
         self.metrics_subject = metrics_subject
         """With ``metrics``: answer the other workers' scrapes here. Without: relay
         ``GET /metrics`` here, to the process that counts."""
@@ -175,10 +135,10 @@ class GatewayActor:
         returns; cancelling ``run`` cuts them instead.
         """
         if self.worker == 0 and self.port:  # the first of a group: nobody else may hold it
-            _check_free(self.host, self.port)
-        sock = _listen(self.host, self.port, reuse_port=self.worker is not None)
+            check_free(self.host, self.port)
+        sock = listen(self.host, self.port, reuse_port=self.worker is not None)
         if self.steer:
-            _steer_to_others(sock, self.steer)
+            steer_to_others(sock, self.steer)
         timeout_s = self.settings.config.reliability.request_timeout_s
         async with (
             Client(bus=self.bus, timeout_s=timeout_s, subject=subjects.GATEWAY_REQUEST) as client,
@@ -266,15 +226,15 @@ class GatewayActor:
         except OmniLLMError as exc:
             return error_response(exc.code, exc.message)
         assert self._client is not None
-        exchange = _Exchange(self._client.stream(chat), received)
+        exchange = Exchange(self._client.stream(chat), received)
         try:
             first = await exchange.first()
         except OmniLLMError as exc:
             await exchange.frames.aclose()
-            return error_response(exc.code, exc.message, _rid_header(exchange.rid))
+            return error_response(exc.code, exc.message, rid_header(exchange.rid))
         if stream:
-            return _streamed(exchange, first, include_usage)
-        return await _whole(exchange, first)
+            return streamed(exchange, first, include_usage)
+        return await whole(exchange, first)
 
     async def _parse(self, request: Request) -> tuple[ChatRequest, bool, bool]:
         key = self.keys.identify(request.headers.get("authorization"))
@@ -311,7 +271,7 @@ class GatewayActor:
         rows += [(alias, "omnillm") for alias in self.settings.config.routing.aliases]
         rows += [(model.id, model.provider) for model in self.settings.live_models()]
         rows = [row for row in rows if _visible(key, row[0])]
-        return Response(_encode(models_body(rows)), media_type=_JSON)
+        return Response(_encode(models_body(rows)), media_type=JSON)
 
     async def admin(self, request: Request) -> Response:
         """``/v1/admin/<what>``: the ``omni.v1.admin.<what>`` answer, for tools that speak
@@ -332,7 +292,7 @@ class GatewayActor:
             reply = await self.bus.nc.request(subjects.admin(what), body or b"{}", timeout=2.0)
         except (NoRespondersError, NatsTimeoutError):
             return error_response("no_router", f"nothing answers {subjects.admin(what)}")
-        return Response(reply.data, media_type=_JSON)
+        return Response(reply.data, media_type=JSON)
 
     async def _admin_body(self, request: Request) -> bytes:
         """The query as JSON, or a POST's body (the admin actor checks it is JSON)."""
@@ -357,7 +317,7 @@ class GatewayActor:
     async def healthz(self, request: Request) -> Response:
         up = bool(self.bus.nc.is_connected)
         body = {"status": "ok" if up else "nats_disconnected"}
-        return Response(_encode(body), 200 if up else 503, media_type=_JSON)
+        return Response(_encode(body), 200 if up else 503, media_type=JSON)
 
 
 ADMIN_ROUTES: Final = frozenset({"providers", "models", "switch", "cost", "stats"})
@@ -396,14 +356,10 @@ def _visible(key: GatewayKey | None, model: str) -> bool:
     return key is None or KeyRing.allows(key, model)
 
 
-def _rid_header(rid: str) -> dict[str, str]:
-    return {"x-omnillm-request-id": rid} if rid else {}
-
-
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """A bug is a 500 in OpenAI's error JSON (Starlette still logs it); the server goes on."""
     body = _encode(error_body("internal", f"the gateway failed: {type(exc).__name__}"))
-    return Response(body, 500, media_type=_JSON)
+    return Response(body, 500, media_type=JSON)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -411,7 +367,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = "not_found" if exc.status_code == 404 else "invalid_request"
     body = _encode(error_body(code, f"{request.method} {request.url.path}: {exc.detail}"))
-    return Response(body, exc.status_code, media_type=_JSON)
+    return Response(body, exc.status_code, media_type=JSON)
 
 
 class _ChatFirst:
@@ -438,161 +394,3 @@ class _ChatFirst:
 
 
 _CHAT_PATH: Final = "/v1/chat/completions"
-
-
-class _EventStream(StreamingResponse):
-    """An SSE body streamed from this task, without Starlette's second task listening for
-    a disconnect (about 40 microseconds a request).
-
-    A client that goes away mid-answer loses nothing it would have kept: the server drops
-    what is written to a closed connection, the answer runs to its end (so its tokens
-    are counted, as the provider bills them) and the frames are read to the last one."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.stream_response(send)
-
-
-def _streamed(exchange: _Exchange, first: Start | Done, include_usage: bool) -> Response:
-    headers = {**_start_headers(exchange.rid, first, exchange.received), **_SSE_HEADERS}
-    chunks = ChunkStream(exchange.rid, include_usage=include_usage)
-    return _EventStream(
-        _sse_body(exchange, chunks, first), media_type="text/event-stream", headers=headers
-    )
-
-
-async def _sse_body(
-    exchange: _Exchange, chunks: ChunkStream, first: Start | Done
-) -> AsyncIterator[bytes]:
-    """The SSE body: chunks until ``[DONE]``, or an error event and nothing after it."""
-    async with aclosing(exchange.frames) as frames:
-        if isinstance(first, Done):  # an empty answer: no token, so no Start
-            opening = chunks.start(Start(first.rid, first.attempt, 0, first.provider, first.model))
-            yield opening + chunks.done(first)
-            return
-        opening = chunks.start(first)  # written with the first token: one write, not two
-        try:
-            async for frame in frames:
-                out, final = _render(chunks, frame)
-                if opening and (out or final):
-                    out, opening = opening + out, b""
-                if out:
-                    yield out
-                if final:
-                    return
-        except OmniLLMError as exc:
-            yield opening + chunks.error(exc.code, exc.message)
-            return
-        yield opening + chunks.error("stream_error", "the stream ended without a final frame")
-
-
-def _render(chunks: ChunkStream, frame: Frame) -> tuple[bytes, bool]:
-    """A frame's chunk bytes, and whether the body ends with them."""
-    match frame:
-        case Start():
-            return chunks.start(frame), False
-        case Delta():
-            return chunks.delta(frame), False
-        case Done():
-            return chunks.done(frame), True
-        case Error():
-            return chunks.error(frame.code, frame.message), True
-        case Reset():  # text already went out: it cannot be taken back
-            return chunks.error("stream_error", f"the answer was reset: {frame.reason}"), True
-    return b"", False
-
-
-async def _whole(exchange: _Exchange, first: Start | Done) -> Response:
-    """Every frame folded into one ``chat.completion``; any error is the response."""
-    folded = Folded()
-    done = first if isinstance(first, Done) else None
-    try:
-        async with aclosing(exchange.frames) as frames:
-            async for frame in frames:
-                match frame:
-                    case Delta():
-                        folded.add(frame)
-                    case Reset():
-                        folded.clear()
-                    case Done():
-                        done = frame
-                    case Error():
-                        raise from_code(frame.code, frame.message, provider=frame.provider)
-    except OmniLLMError as exc:
-        return error_response(exc.code, exc.message, _rid_header(exchange.rid))
-    if done is None:
-        return error_response("stream_error", "the stream ended without a final frame")
-    headers = {
-        **_start_headers(exchange.rid, first, exchange.received),
-        "x-omnillm-provider": done.provider,
-        "x-omnillm-model": routed_model(done.provider, done.model),
-        "x-omnillm-attempts": str(done.attempts),
-        "x-omnillm-cost-usd": f"{done.cost_usd:.10f}",
-    }
-    if done.ttft_ms is not None:
-        headers["x-omnillm-ttft-ms"] = f"{done.ttft_ms:.1f}"
-    body = completion_body(exchange.rid, folded, done)
-    return Response(body, headers=headers, media_type=_JSON)
-
-
-def _check_free(host: str, port: int) -> None:
-    """``OSError`` (address in use) if anything listens on ``port``, even a group of
-    ``SO_REUSEPORT`` sockets another ``omni up --workers`` of this user holds, which a
-    socket of our own group would silently join."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
-        probe.bind((host, port))
-
-
-def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """The listening socket, bound here so a taken port is an ``OSError`` to the caller
-    (uvicorn would exit the process). ``reuse_port``: processes of this user may listen
-    on the same port (``SO_REUSEPORT``), and the kernel spreads connections over them."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
-    # listening socket says TCP, and with Nagle on, every streamed answer after the first
-    # on a keep-alive connection waited about 40 ms for the client's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-_SO_ATTACH_REUSEPORT_CBPF: Final = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
-_SKF_AD_RANDOM: Final = 0xFFFFF000 + 56  # SKF_AD_OFF + SKF_AD_RANDOM, as an unsigned k
-
-
-def _steer_to_others(sock: socket.socket, others: int) -> None:
-    """Send the ``SO_REUSEPORT`` group's new connections to the ``others`` sockets that
-    join after ``sock``, at random; ``sock`` gets them only when none of those listens.
-
-    A classic BPF program on the group returns a socket's index in it: ``sock``, first
-    in, is 0, the others 1..``others`` (a socket that closes is replaced by the last
-    one). The program picks ``1 + random % others``; an index past the group's end (a
-    worker down) makes the kernel fall back to its hash, which includes ``sock``.
-    Linux only; where the kernel refuses it, the hash spreads connections as before.
-    """
-    program = [
-        (0x20, _SKF_AD_RANDOM),  # ld rand        (BPF_LD | BPF_W | BPF_ABS)
-        (0x94, others),  # mod #others    (BPF_ALU | BPF_MOD | BPF_K)
-        (0x04, 1),  # add #1         (BPF_ALU | BPF_ADD | BPF_K)
-        (0x16, 0),  # ret a          (BPF_RET | BPF_A)
-    ]
-    code = ctypes.create_string_buffer(
-        b"".join(struct.pack("HBBI", op, 0, 0, k) for op, k in program)
-    )
-    try:
-        sock.setsockopt(
-            socket.SOL_SOCKET,
-            _SO_ATTACH_REUSEPORT_CBPF,
-            struct.pack("HL", len(program), ctypes.addressof(code)),
-        )
-    except OSError as exc:
-        log.warning("gateway: cannot steer connections to the workers (%s); spreading them", exc)

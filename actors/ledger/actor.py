@@ -50,7 +50,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from omnillm.actors._ledger_db import GROUPINGS, CostRow, Grouping, LedgerStore, Stats
+from omnillm.actors.ledger.store import GROUPINGS, CostRow, Grouping, LedgerStore, Stats
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import Failure, Usage

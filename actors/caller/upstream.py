@@ -22,7 +22,7 @@ import anyio
 import httpx
 
 from omnillm import __version__
-from omnillm.actors._http1 import Http1Transport
+from omnillm.actors.caller._http1 import Http1Transport
 from omnillm.bus.messages import ChatRequest, TokenUsage, ToolCallDelta
 from omnillm.config import Settings
 from omnillm.errors import ProviderError, ProviderTimeout, ProviderUnavailable
@@ -49,7 +49,7 @@ FIXED_HEADERS: Final = {"accept-encoding": "identity", "user-agent": f"omnillm/{
 
 
 def new_transport(*, max_connections: int) -> httpx.AsyncBaseTransport:
-    """One connection pool per provider (see ``actors._http1``)."""
+    """One connection pool per provider (see :mod:`._http1`)."""
     return Http1Transport(max_connections=max_connections)
 
 

@@ -1,7 +1,7 @@
 """The caller: one pool per provider, calling the upstream API and streaming tokens back.
 
 A caller takes an envelope addressed to its provider and calls the upstream (see
-``actors._upstream``), retrying as ``actors._policy`` says while nothing has reached
+:mod:`.upstream`), retrying as :mod:`.policy` says while nothing has reached
 the client. Tokens go straight to the client's reply subject; ``Done`` carries the
 provider's usage and its cost.
 
@@ -30,11 +30,18 @@ from aiolimiter import AsyncLimiter
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
-from omnillm.actors._base import HandoffActor
-from omnillm.actors._boards import Boards
 from omnillm.actors._dispatch import dispatch, exhausted, recorder_for, release_key
-from omnillm.actors._policy import Action, Decision, RetryPolicy, decide, health_state, rule_for
-from omnillm.actors._upstream import Call, new_transport, upstream_for
+from omnillm.actors.base import HandoffActor
+from omnillm.actors.boards import Boards
+from omnillm.actors.caller.policy import (
+    Action,
+    Decision,
+    RetryPolicy,
+    decide,
+    health_state,
+    rule_for,
+)
+from omnillm.actors.caller.upstream import Call, new_transport, upstream_for
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.dedup import DedupBoard

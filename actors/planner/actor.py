@@ -16,12 +16,12 @@ from typing import Final
 import msgspec
 from nats.aio.msg import Msg
 
-from omnillm.actors._base import HandoffActor
-from omnillm.actors._boards import Boards
-from omnillm.actors._budget import BudgetGuard
 from omnillm.actors._dispatch import dispatch, fail_request
-from omnillm.actors._estimates import MIN_SAMPLES, EstimateSource
-from omnillm.actors._ledger_db import Estimates
+from omnillm.actors.base import HandoffActor
+from omnillm.actors.boards import Boards
+from omnillm.actors.ledger.store import Estimates
+from omnillm.actors.planner._budget import BudgetGuard
+from omnillm.actors.planner._estimates import MIN_SAMPLES, EstimateSource
 from omnillm.bus import subjects
 from omnillm.bus.breakers import breaker_key
 from omnillm.bus.connection import Bus

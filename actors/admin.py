@@ -19,7 +19,7 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
 from omnillm.bus import subjects
-from omnillm.bus._breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from omnillm.bus.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from omnillm.bus.breakers import BreakerBoard, breaker_key
 from omnillm.bus.connection import Bus
 from omnillm.bus.health import HealthBoard

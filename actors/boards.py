@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omnillm.bus._breaker import BreakerPolicy, Phase
+from omnillm.bus.breaker import BreakerPolicy, Phase
 from omnillm.bus.breakers import BreakerBoard, parse_breaker_key
 from omnillm.bus.connection import Bus
 from omnillm.bus.dedup import DedupBoard

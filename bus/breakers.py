@@ -2,7 +2,7 @@
 
 Two breakers guard each call: one per provider (``breaker.<provider>``) and one per
 catalog model (``breaker.<provider>.<model>``), each name passed through ``key_token``
-so any id is one key token. ``bus/_breaker.py`` holds the state machine; this board
+so any id is one key token. ``bus/breaker.py`` holds the state machine; this board
 only stores its ``BreakerState`` and keeps processes in step:
 
 - every change is a compare-and-set (``kv.update(..., last=revision)``) retried on
@@ -34,7 +34,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from omnillm.bus._breaker import BreakerPolicy, BreakerState, CircuitBreaker, Phase
+from omnillm.bus.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Phase
 from omnillm.bus.connection import Bus
 from omnillm.bus.health import BUCKET
 from omnillm.bus.subjects import from_key_token, key_token
@@ -211,7 +211,7 @@ class BreakerBoard:
     ) -> None:
         """Count one outcome on the provider's and the model's breaker.
 
-        Record only what speaks to the provider's health (see ``bus/_breaker.py``).
+        Record only what speaks to the provider's health (see ``bus/breaker.py``).
         """
         at = self._clock() if now is None else now
         for key in _keys(provider, model):

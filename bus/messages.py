@@ -57,7 +57,7 @@ __all__ = [
     "Metadata",
     "ProviderHealth",
     "Reset",
-    "Route",
+    "RouteConstraints",
     "Start",
     "TextPart",
     "TokenUsage",
@@ -189,7 +189,7 @@ class Metadata(Struct, omit_defaults=True):
     tags: list[str] = []
 
 
-class Route(Struct, omit_defaults=True):
+class RouteConstraints(Struct, omit_defaults=True):
     """Per-request routing constraints; patterns are ``provider/*`` or ``provider/model``."""
 
     allow: list[str] = []
@@ -207,7 +207,7 @@ class ChatRequest(Struct, omit_defaults=True):
     max_tokens: Annotated[int, Meta(ge=1, le=MAX_OUTPUT_TOKENS)] | UnsetType = UNSET
     stop: str | list[str] | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
-    route: Route | UnsetType = UNSET
+    route: RouteConstraints | UnsetType = UNSET
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=255)] | UnsetType = UNSET
     timeout_s: Annotated[float, Meta(gt=0)] | UnsetType = UNSET
 

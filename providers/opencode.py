@@ -33,16 +33,16 @@ from omnillm.providers.base import (
     WireRequest,
 )
 
-__all__ = ["FAMILY", "ROUTE_AUTH", "OpenCodeFamily", "Route", "family_for_route", "route_for"]
+__all__ = ["FAMILY", "ROUTE_AUTH", "OpenCodeFamily", "ZenRoute", "family_for_route", "route_for"]
 
-Route = Literal["chat", "responses", "messages", "gemini"]
+ZenRoute = Literal["chat", "responses", "messages", "gemini"]
 
-_ROUTE_PREFIXES: Final[tuple[tuple[tuple[str, ...], Route], ...]] = (
+_ROUTE_PREFIXES: Final[tuple[tuple[tuple[str, ...], ZenRoute], ...]] = (
     (("gpt-", "grok-", "muse-spark"), "responses"),
     (("claude-", "qwen"), "messages"),
     (("gemini-",), "gemini"),
 )
-ROUTE_AUTH: Final[dict[Route, AuthStyle]] = {
+ROUTE_AUTH: Final[dict[ZenRoute, AuthStyle]] = {
     "chat": "bearer",
     "responses": "bearer",
     "messages": "x-api-key",
@@ -51,7 +51,7 @@ ROUTE_AUTH: Final[dict[Route, AuthStyle]] = {
 """The header each Zen route reads the key from."""
 
 
-def route_for(model: str) -> Route:
+def route_for(model: str) -> ZenRoute:
     """The Zen endpoint that serves ``model``, by its id's prefix (case-insensitive).
 
     A catalog id such as ``opencode/gpt-5.4-mini`` is accepted too. Anything that no
@@ -65,7 +65,7 @@ def route_for(model: str) -> Route:
     return "chat"
 
 
-def family_for_route(route: Route) -> WireFamily:
+def family_for_route(route: ZenRoute) -> WireFamily:
     match route:
         case "chat":
             return openai_chat.FAMILY

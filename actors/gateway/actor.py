@@ -67,9 +67,10 @@ from omnillm.actors.gateway.answers import (
     whole,
 )
 from omnillm.actors.gateway.keys import KeyRefused, KeyRing
-from omnillm.actors.gateway.openai_in import BUILTIN_ALIASES, error_body, models_body
+from omnillm.actors.gateway.openai_in import error_body, models_body
 from omnillm.actors.gateway.openai_in import parse_chat as parse_openai_chat
 from omnillm.actors.gateway.sockets import check_free, listen, steer_to_others
+from omnillm.actors.planner.actor import ALIAS_NAMES
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import ChatRequest
@@ -267,7 +268,7 @@ class GatewayActor:
             key = self.keys.identify(request.headers.get("authorization"))
         except KeyRefused as exc:
             return error_response(exc.code, exc.message)
-        rows = [(alias, "omnillm") for alias in BUILTIN_ALIASES]
+        rows = [(alias, "omnillm") for alias in ALIAS_NAMES]
         rows += [(alias, "omnillm") for alias in self.settings.config.routing.aliases]
         rows += [(model.id, model.provider) for model in self.settings.live_models()]
         rows = [row for row in rows if _visible(key, row[0])]

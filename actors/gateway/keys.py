@@ -19,7 +19,7 @@ from fnmatch import fnmatchcase
 
 import msgspec
 
-from omnillm.bus.messages import ChatRequest, Route
+from omnillm.bus.messages import ChatRequest, RouteConstraints
 from omnillm.config import GatewayKey
 
 __all__ = ["KeyRefused", "KeyRing"]
@@ -71,8 +71,12 @@ class KeyRing:
             )
         named = [pattern for pattern in key.models if "/" in pattern]
         if named:
-            route = request.route if isinstance(request.route, Route) else Route()
-            request.route = msgspec.structs.replace(route, allow=named)
+            route = (
+                request.route if isinstance(request.route, RouteConstraints) else RouteConstraints()
+            )
+            return msgspec.structs.replace(
+                request, route=msgspec.structs.replace(route, allow=named)
+            )
         return request
 
 

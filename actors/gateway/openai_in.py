@@ -30,7 +30,6 @@ from omnillm.client import to_request
 from omnillm.errors import InvalidRequest
 
 __all__ = [
-    "BUILTIN_ALIASES",
     "KEY_TAG",
     "ParsedChat",
     "error_body",
@@ -42,7 +41,6 @@ __all__ = [
 
 KEY_TAG: Final = "key:"
 """``metadata.tags`` entry naming the gateway key: ``key:<name>``."""
-BUILTIN_ALIASES: Final = ("auto", "fast", "cheap", "smart", "free", "vision")
 
 _IDEMPOTENCY_KEY: Final = re.compile(r"[\x20-\x7e]{1,255}")
 _PASSED: Final = ("messages", "model", "tools", "tool_choice", "temperature", "stop", "route")

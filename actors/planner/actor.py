@@ -44,7 +44,15 @@ from omnillm.config import AliasConfig, Settings
 from omnillm.errors import BudgetExceeded, NoCandidates, RequestError, UnknownModel
 from omnillm.providers.catalog import ModelSpec, rates_for
 
-__all__ = ["PlannerActor", "estimate_cost", "plan"]
+__all__ = [
+    "ALIAS_NAMES",
+    "BUILTIN_ALIASES",
+    "Plan",
+    "PlannerActor",
+    "estimate_cost",
+    "make_plan",
+    "plan",
+]
 
 log = logging.getLogger("omnillm.planner")
 
@@ -105,29 +113,35 @@ class _Planner:
         )
         self.rejected: list[str] = []
 
-    def admissible(self, spec: ModelSpec) -> bool:
+    def rejection(self, spec: ModelSpec) -> str | None:
+        """Why ``spec`` cannot serve this request, or None when it can."""
         live = self.settings.providers.get(spec.provider)
         seen = self.health.get(spec.provider)
         free = spec.price.input == 0 and spec.price.output == 0
         if live is None:
-            self.rejected.append(f"{spec.id}: provider {spec.provider} is not configured")
-        elif live.free_only and not free:
-            self.rejected.append(f"{spec.id}: needs a paid key (set {live.spec.key_env})")
-        elif seen is not None and seen.state == "free_tier_refused" and free:
-            self.rejected.append(f"{spec.id}: the provider refuses its free tier to us")
-        elif (why := self._marked(spec) or self._circuit(spec)) is not None:
-            self.rejected.append(f"{spec.id}: {why}")
-        elif self.allow and not _matches(spec, self.allow):
-            self.rejected.append(f"{spec.id}: not in the allow list")
-        elif _matches(spec, self.deny):
-            self.rejected.append(f"{spec.id}: denied by the routing deny list")
-        elif reason := _unfit(spec, self.classified):
+            return f"{spec.id}: provider {spec.provider} is not configured"
+        if live.free_only and not free:
+            return f"{spec.id}: needs a paid key (set {live.spec.key_env})"
+        if seen is not None and seen.state == "free_tier_refused" and free:
+            return f"{spec.id}: the provider refuses its free tier to us"
+        if (why := self._marked(spec) or self._circuit(spec)) is not None:
+            return f"{spec.id}: {why}"
+        if self.allow and not _matches(spec, self.allow):
+            return f"{spec.id}: not in the allow list"
+        if _matches(spec, self.deny):
+            return f"{spec.id}: denied by the routing deny list"
+        if reason := _unfit(spec, self.classified):
+            return reason
+        if self.max_cost is not None and self.cost(spec) > self.max_cost:
+            return f"{spec.id}: estimated cost over max_cost_usd {self.max_cost}"
+        return None
+
+    def _admitted(self, spec: ModelSpec) -> bool:
+        """Whether ``spec`` may serve; the reason it may not is kept in ``rejected``."""
+        reason = self.rejection(spec)
+        if reason is not None:
             self.rejected.append(reason)
-        elif self.max_cost is not None and self.cost(spec) > self.max_cost:
-            self.rejected.append(f"{spec.id}: estimated cost over max_cost_usd {self.max_cost}")
-        else:
-            return True
-        return False
+        return reason is None
 
     def _marked(self, spec: ModelSpec) -> str | None:
         """A recent sign that this provider's key or this model is refused upstream.
@@ -178,7 +192,7 @@ class _Planner:
 
     def order(self, specs: Iterable[ModelSpec], tier: Tier) -> list[ModelSpec]:
         """Admissible models, cheapest capable of ``tier`` first; the strongest if none is."""
-        specs = [s for s in specs if self.admissible(s)]
+        specs = [s for s in specs if self._admitted(s)]
         rank = TIERS.index(tier)
         capable = [s for s in specs if TIERS.index(s.tier) >= rank]
         if not capable:  # nothing strong enough is configured: the strongest there is
@@ -199,7 +213,7 @@ class _Planner:
         seen: set[str] = set()
         chain: list[Candidate] = []
         for spec in specs:
-            if spec.id not in seen and (checked or self.admissible(spec)):
+            if spec.id not in seen and (checked or self._admitted(spec)):
                 seen.add(spec.id)
                 chain.append(Candidate(spec.provider, spec.id, round(self.cost(spec), 8)))
         if not chain:
@@ -230,9 +244,11 @@ BUILTIN_ALIASES: Final[dict[str, AliasConfig]] = {
     "vision": AliasConfig(needs=["vision"]),
 }
 """Aliases every router knows; a user alias of the same name replaces one."""
+ALIAS_NAMES: Final = ("auto", *BUILTIN_ALIASES)
+"""Every name the router resolves by itself: ``auto`` (route by tier) and the aliases."""
 
 
-class Route(msgspec.Struct):
+class Plan(msgspec.Struct):
     """A planning decision: the chain, and why the other models were passed over."""
 
     candidates: list[Candidate]
@@ -250,7 +266,7 @@ def plan(
     switch: str | None = None,
 ) -> list[Candidate]:
     """The ordered fallback chain for ``request``; raises ``RequestError`` when there is none."""
-    return route(
+    return make_plan(
         request,
         classified,
         settings,
@@ -261,7 +277,7 @@ def plan(
     ).candidates
 
 
-def route(
+def make_plan(
     request: ChatRequest,
     classified: Classified,
     settings: Settings,
@@ -271,7 +287,7 @@ def route(
     latency: Mapping[str, LatencyStat] | None = None,
     switch: str | None = None,
     estimates: Estimates | None = None,
-) -> Route:
+) -> Plan:
     """The chain and the reasons models were skipped.
 
     ``health`` is what callers shared (a provider that refuses its free tier to us
@@ -286,7 +302,7 @@ def route(
         chain = [c for c in chain if c.provider == switch] + [
             c for c in chain if c.provider != switch
         ]
-    return Route(candidates=chain, skipped=planner.rejected[:20])
+    return Plan(candidates=chain, skipped=planner.rejected[:20])
 
 
 def _chain(
@@ -370,7 +386,7 @@ class PlannerActor(HandoffActor):
             raise BudgetExceeded(f"{verdict.reason}; requests are refused until it resets")
         if verdict.action == "downgrade" and envelope.classified is not None:
             envelope.classified = _downgraded(envelope.classified, verdict.reason)
-            if envelope.request.model not in ("auto", *BUILTIN_ALIASES):
+            if envelope.request.model not in ALIAS_NAMES:
                 return  # a pinned model stays pinned
             envelope.request = msgspec.structs.replace(envelope.request, model="cheap")
 
@@ -388,7 +404,7 @@ class PlannerActor(HandoffActor):
             raise ValueError(f"envelope {envelope.rid} reached the planner unclassified")
         try:
             await self._within_budget(envelope)
-            decision = route(
+            decision = make_plan(
                 envelope.request,
                 envelope.classified,
                 self.settings,

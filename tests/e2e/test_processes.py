@@ -13,7 +13,7 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from omnillm.bus._breaker import BreakerPolicy
+from omnillm.bus.breaker import BreakerPolicy
 from omnillm.bus.breakers import BreakerBoard
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import Delta, Done, Error

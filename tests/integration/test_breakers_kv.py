@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from omnillm import embedded
-from omnillm.bus._breaker import BreakerPolicy, Phase
+from omnillm.bus.breaker import BreakerPolicy, Phase
 from omnillm.bus.breakers import BreakerBoard, OnTransition, breaker_key, parse_breaker_key
 from omnillm.bus.connection import Bus
 from omnillm.bus.health import BUCKET

@@ -112,7 +112,7 @@ def test_model_rows_carry_prices_and_liveness() -> None:
 
 
 def test_circuit_and_latency_show_per_provider() -> None:
-    from omnillm.bus._breaker import BreakerState
+    from omnillm.bus.breaker import BreakerState
     from omnillm.bus.breakers import breaker_key
     from omnillm.bus.messages import LatencyStat
 

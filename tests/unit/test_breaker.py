@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from omnillm.bus._breaker import WINDOW_CAP, BreakerPolicy, BreakerState, CircuitBreaker
+from omnillm.bus.breaker import WINDOW_CAP, BreakerPolicy, BreakerState, CircuitBreaker
 from omnillm.bus.breakers import breaker_key, from_key_token, key_token, parse_breaker_key
 
 POLICY = BreakerPolicy(

@@ -29,7 +29,7 @@ from omnillm.bus.messages import (
     ImagePart,
     ImageUrl,
     Message,
-    Route,
+    RouteConstraints,
     TextPart,
     Tool,
     decode_envelope,
@@ -145,7 +145,9 @@ valid_requests = st.builds(
     temperature=st.one_of(st.just(UNSET), st.floats(min_value=0, max_value=2)),
     max_tokens=st.one_of(st.just(UNSET), st.integers(1, MAX_OUTPUT_TOKENS)),
     stop=st.one_of(st.just(UNSET), st.text(max_size=5), st.lists(st.text(max_size=5), max_size=2)),
-    route=st.one_of(st.just(UNSET), st.builds(Route, allow=st.lists(visible_text, max_size=2))),
+    route=st.one_of(
+        st.just(UNSET), st.builds(RouteConstraints, allow=st.lists(visible_text, max_size=2))
+    ),
     idempotency_key=st.one_of(st.just(UNSET), st.text(min_size=1, max_size=60)),
     timeout_s=st.one_of(st.just(UNSET), st.floats(min_value=0.001, max_value=1e6)),
 )

@@ -22,7 +22,7 @@ from omnillm.bus.messages import (
     Delta,
     Done,
     ImagePart,
-    Route,
+    RouteConstraints,
     Start,
     TextPart,
     TokenUsage,
@@ -427,7 +427,8 @@ def test_a_key_limits_models_and_confines_auto_to_its_patterns() -> None:
     team = ring().identify("Bearer sk-team")
     request = msgspec.convert({"messages": [{"role": "user", "content": "x"}]}, ChatRequest)
     admitted = KeyRing.admit(team, request)
-    assert isinstance(admitted.route, Route) and admitted.route.allow == ["openai/*"]
+    assert isinstance(admitted.route, RouteConstraints) and admitted.route.allow == ["openai/*"]
+    assert request.route is msgspec.UNSET  # the caller's request is left as it was
 
     request.model = "anthropic/claude-x"
     with pytest.raises(KeyRefused) as caught:

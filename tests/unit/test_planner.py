@@ -17,7 +17,7 @@ from omnillm.bus.messages import (
     Failure,
     Message,
     ProviderHealth,
-    Route,
+    RouteConstraints,
     Tier,
 )
 from omnillm.config import Config, Settings, resolve
@@ -250,36 +250,36 @@ def test_the_config_deny_list_removes_one_model() -> None:
 
 
 def test_a_request_can_deny_models() -> None:
-    chain = chain_for("medium", route=Route(deny=["acme/mid", "bolt/think"]))
+    chain = chain_for("medium", route=RouteConstraints(deny=["acme/mid", "bolt/think"]))
 
     assert chain == ["bolt/mid", "acme/big"]
 
 
 def test_a_request_can_allow_only_some_models() -> None:
-    assert chain_for("medium", route=Route(allow=["acme/*"])) == ["acme/mid", "acme/big"]
+    assert chain_for("medium", route=RouteConstraints(allow=["acme/*"])) == ["acme/mid", "acme/big"]
 
 
 def test_a_request_restricted_to_weak_models_still_gets_the_strongest_of_them() -> None:
     # "Only my cheap models" on a hard question: the best allowed model, not an error.
-    chain = chain_for("complex", route=Route(allow=["acme/small", "bolt/mid"]))
+    chain = chain_for("complex", route=RouteConstraints(allow=["acme/small", "bolt/mid"]))
 
     assert chain == ["bolt/mid", "acme/small"]
 
 
 def test_denying_everything_raises_no_candidates_saying_why() -> None:
     with pytest.raises(NoCandidates, match="denied by the routing deny list"):
-        chain_for("medium", route=Route(deny=["acme", "bolt"]))
+        chain_for("medium", route=RouteConstraints(deny=["acme", "bolt"]))
 
 
 def test_max_cost_drops_models_estimated_over_the_budget() -> None:
-    chain = chain_for("simple", route=Route(max_cost_usd=0.002))
+    chain = chain_for("simple", route=RouteConstraints(max_cost_usd=0.002))
 
     assert chain == ["acme/small", "bolt/mid", "acme/mid"]
 
 
 def test_max_cost_below_every_model_raises_no_candidates() -> None:
     with pytest.raises(NoCandidates, match="over max_cost_usd"):
-        chain_for("simple", route=Route(max_cost_usd=0.0001))
+        chain_for("simple", route=RouteConstraints(max_cost_usd=0.0001))
 
 
 def test_priority_strategy_orders_by_the_configured_provider_priority() -> None:
@@ -291,7 +291,7 @@ def test_priority_strategy_orders_by_the_configured_provider_priority() -> None:
 def test_a_request_can_ask_for_the_priority_strategy() -> None:
     config = settings(priority=["acme", "bolt"])
 
-    assert chain_for("medium", config=config, route=Route(strategy="priority")) == [
+    assert chain_for("medium", config=config, route=RouteConstraints(strategy="priority")) == [
         "acme/mid",
         "acme/big",
         "bolt/mid",
@@ -466,7 +466,7 @@ def test_a_switch_puts_the_preferred_providers_models_first_unless_a_model_is_pi
 
 
 def test_the_route_names_what_was_skipped_and_why() -> None:
-    from omnillm.actors.planner.actor import route
+    from omnillm.actors.planner.actor import make_plan
 
     settings = _aliases_settings()
     image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
@@ -474,7 +474,7 @@ def test_the_route_names_what_was_skipped_and_why() -> None:
         {"messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, image]}]},
         ChatRequest,
     )
-    decision = route(request, classify(request), settings)
+    decision = make_plan(request, classify(request), settings)
     assert "acme/eyes" in [c.model for c in decision.candidates]
     assert "acme/brain" not in [c.model for c in decision.candidates]
     assert "acme/brain does not support vision" in decision.skipped
@@ -482,22 +482,22 @@ def test_the_route_names_what_was_skipped_and_why() -> None:
 
 def test_estimated_cost_uses_the_ledgers_calibration_once_it_has_enough_answers() -> None:
     from omnillm.actors.ledger.store import Estimates, InputEstimate, OutputExpectation
-    from omnillm.actors.planner.actor import route
+    from omnillm.actors.planner.actor import make_plan
 
     settings = _aliases_settings()
     request = _ask("acme/tiny")
     classified = classify(request)
-    plain = route(request, classified, settings).candidates[0].est_cost_usd
+    plain = make_plan(request, classified, settings).candidates[0].est_cost_usd
     learned = Estimates(
         providers={"acme": InputEstimate(factor=2.0, error=0.1, samples=50)},
         tiers={classified.tier: OutputExpectation(output_tokens=1000, samples=50)},
     )
-    calibrated = route(request, classified, settings, estimates=learned).candidates[0]
+    calibrated = make_plan(request, classified, settings, estimates=learned).candidates[0]
     expected = (classified.input_tokens * 2 * 0.1 + 1000 * 0.2) / 1e6
     assert calibrated.est_cost_usd == pytest.approx(expected, abs=1e-9)
     assert calibrated.est_cost_usd != plain
     thin = Estimates(providers={"acme": InputEstimate(factor=2.0, error=0.1, samples=3)})
-    assert route(request, classified, settings, estimates=thin).candidates[0].est_cost_usd == (
+    assert make_plan(request, classified, settings, estimates=thin).candidates[0].est_cost_usd == (
         pytest.approx(plain)
     )
 

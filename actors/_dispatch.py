@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from msgspec.structs import replace
+
 from omnillm.bus import subjects
 from omnillm.bus.connection import Bus
 from omnillm.bus.dedup import DedupBoard, Recorder
@@ -52,23 +54,22 @@ async def dispatch(
     """Hand ``envelope`` to the candidates from ``start`` on, until one accepts.
 
     ``skip`` names why a candidate cannot take over (no prefill for a continuation,
-    too small a context window); such candidates are passed over.
+    too small a context window); such candidates are passed over. Each offer is a copy
+    addressed to its candidate, with the next attempt number: ``envelope`` is not changed.
     """
+    failures, attempt = envelope.failures, envelope.attempt
     for index in range(start, len(envelope.candidates)):
-        if skip is not None and (why := skip(envelope.candidates[index])):
-            log.debug(
-                "%s: passing over %s: %s", envelope.rid, envelope.candidates[index].model, why
-            )
+        candidate = envelope.candidates[index]
+        if skip is not None and (why := skip(candidate)):
+            log.debug("%s: passing over %s: %s", envelope.rid, candidate.model, why)
             continue
         if time.time() >= envelope.deadline:
-            envelope.failures.append(
-                Failure(code="deadline_exceeded", message="the request's deadline passed")
-            )
+            deadline = Failure(code="deadline_exceeded", message="the request's deadline passed")
+            failures = [*failures, deadline]
             break
-        envelope.index = index
-        envelope.attempt += 1
-        candidate = envelope.candidate
-        outcome = await _offer(bus, envelope, handoff_timeout_s)
+        attempt += 1
+        offer = replace(envelope, index=index, attempt=attempt, failures=failures)
+        outcome = await _offer(bus, offer, handoff_timeout_s)
         if outcome is Outcome.ACCEPTED:
             return
         reason = f"no caller for provider {candidate.provider} ({outcome.value})"
@@ -78,21 +79,22 @@ async def dispatch(
             provider=candidate.provider,
             model=candidate.model,
             reason=reason,
-            attempt=envelope.attempt,
+            attempt=attempt,
         )
         await emit(bus, event)
-        envelope.failures.append(
+        failures = [
+            *failures,
             Failure(
                 code="no_caller",
                 message=f"{candidate.model}: no caller for provider {candidate.provider} "
                 f"({outcome.value})",
                 retryable=True,
                 provider=candidate.provider,
-            )
-        )
+            ),
+        ]
     # A new attempt number: the last caller's frames (if any) stay in sequence before it.
-    envelope.attempt += 1
-    await fail_request(bus, envelope, exhausted(envelope.failures), dedup=dedup)
+    ended = replace(envelope, attempt=attempt + 1, failures=failures)
+    await fail_request(bus, ended, exhausted(failures), dedup=dedup)
 
 
 BUSY_RETRIES: Final = 2

@@ -338,25 +338,26 @@ class CallerActor(HandoffActor):
     ) -> None:
         failure, decision, call = gave_up.failure, gave_up.decision, gave_up.call
         log.info("%s: attempt %d failed: %s", envelope.rid, envelope.attempt, failure.message)
-        envelope.failures.append(failure)
+        failures = [*envelope.failures, failure]
         if decision.action is Action.TO_CLIENT:
             await sender.error(failure)
             await release_key(envelope, self.dedup)
             return
         if call is not None and call.sent_tool_calls:
-            await sender.error(exhausted(envelope.failures))  # tool calls cannot be continued
+            await sender.error(exhausted(failures))  # tool calls cannot be continued
             await release_key(envelope, self.dedup)
             return
-        if call is not None:
-            envelope.partial += "".join(call.text)
-        skip = self._skip_rule(envelope, decision)
-        if not envelope.partial and sender.seq > 0:
-            envelope.reset_reason = failure.message
-        kind: EventKind = "continue" if envelope.partial else "fallback"
-        await self._event(kind, envelope, None, failure.message)
+        partial = envelope.partial + ("".join(call.text) if call is not None else "")
+        reset_reason = failure.message if not partial and sender.seq > 0 else envelope.reset_reason
+        onward = msgspec.structs.replace(
+            envelope, failures=failures, partial=partial, reset_reason=reset_reason
+        )
+        skip = self._skip_rule(onward, decision)
+        kind: EventKind = "continue" if partial else "fallback"
+        await self._event(kind, onward, None, failure.message)
         await dispatch(
             self.bus,
-            envelope,
+            onward,
             start=envelope.index + 1,
             handoff_timeout_s=self.reliability.handoff_timeout_s,
             skip=skip,

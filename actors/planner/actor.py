@@ -379,16 +379,19 @@ class PlannerActor(HandoffActor):
         self.budget = BudgetGuard(bus, settings)
         self.expected = EstimateSource(bus)
 
-    async def _within_budget(self, envelope: CallEnvelope) -> None:
-        """Downgrade or refuse a request over a spending limit, as configured."""
+    async def _within_budget(self, envelope: CallEnvelope) -> CallEnvelope:
+        """The envelope as its key's spending limit lets it go: as it is, downgraded to the
+        cheapest capable models, or refused, as configured."""
         verdict = await self.budget.check(envelope.key)
         if verdict.action == "refuse":
             raise BudgetExceeded(f"{verdict.reason}; requests are refused until it resets")
-        if verdict.action == "downgrade" and envelope.classified is not None:
-            envelope.classified = _downgraded(envelope.classified, verdict.reason)
-            if envelope.request.model not in ALIAS_NAMES:
-                return  # a pinned model stays pinned
-            envelope.request = msgspec.structs.replace(envelope.request, model="cheap")
+        if verdict.action != "downgrade" or envelope.classified is None:
+            return envelope
+        classified = _downgraded(envelope.classified, verdict.reason)
+        request = envelope.request
+        if request.model in ALIAS_NAMES:  # a pinned model stays pinned
+            request = msgspec.structs.replace(request, model="cheap")
+        return msgspec.structs.replace(envelope, classified=classified, request=request)
 
     async def handle(self, msg: Msg) -> None:
         await self.take(decode_envelope(msg.data))
@@ -403,7 +406,8 @@ class PlannerActor(HandoffActor):
         if envelope.classified is None:
             raise ValueError(f"envelope {envelope.rid} reached the planner unclassified")
         try:
-            await self._within_budget(envelope)
+            envelope = await self._within_budget(envelope)
+            assert envelope.classified is not None
             decision = make_plan(
                 envelope.request,
                 envelope.classified,
@@ -420,10 +424,12 @@ class PlannerActor(HandoffActor):
             await emit(self.bus, event)
             await fail_request(self.bus, envelope, failure, dedup=self.dedup)
             return
-        envelope.candidates, envelope.skipped = decision.candidates, decision.skipped
-        await emit(self.bus, _route_event(envelope))
+        planned = msgspec.structs.replace(
+            envelope, candidates=decision.candidates, skipped=decision.skipped
+        )
+        await emit(self.bus, _route_event(planned))
         timeout = self.settings.config.reliability.handoff_timeout_s
-        await dispatch(self.bus, envelope, start=0, handoff_timeout_s=timeout, dedup=self.dedup)
+        await dispatch(self.bus, planned, start=0, handoff_timeout_s=timeout, dedup=self.dedup)
 
 
 def _downgraded(classified: Classified, reason: str) -> Classified:

@@ -1,4 +1,12 @@
-"""What every actor shares: a subscription feeding a bounded worker pool, and a clean stop.
+"""What every actor is (:class:`Actor`), and the pool most of them run (:class:`PoolActor`).
+
+Every actor, whether it serves a subscription, HTTP or a JetStream consumer, satisfies
+:class:`Actor`: ``run(*, task_status)`` reports started only once it is live, and
+``stop()`` makes ``run`` finish what it holds and return. The supervisor runs nothing
+else.
+
+:class:`PoolActor` is what the classifier, the planner and the callers share: a
+subscription feeding a bounded pool of ``concurrency`` tasks, and a clean stop.
 
 nats-py runs a subscription's callbacks one after another, so a callback must only
 admit work and return. By default the pool has no hidden queue: an item is admitted
@@ -8,7 +16,7 @@ millisecond (classifier, planner) take a bounded ``backlog`` instead, so a burst
 waits a moment rather than being refused.
 
 Stopping is an event, not a cancellation: ``stop()`` unsubscribes (draining what
-was already delivered), lets the workers finish what they hold, and returns.
+was already delivered), lets the pool finish what it holds, and returns.
 Cancelling ``run`` instead abandons in-flight work at once.
 """
 
@@ -17,7 +25,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections import OrderedDict
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -27,14 +35,24 @@ from omnillm.bus.connection import RID_HEADER, Bus
 from omnillm.bus.handoff import accept, refuse_busy
 from omnillm.logs import log_context
 
-__all__ = ["Actor", "HandoffActor"]
+__all__ = ["Actor", "HandoffActor", "PoolActor"]
 
 log = logging.getLogger("omnillm.actors")
 
-DEFAULT_WORKERS: Final = 64
+DEFAULT_CONCURRENCY: Final = 64
 
 
-class Actor(abc.ABC):
+class Actor(Protocol):
+    """What the supervisor runs: started once live, stopped gracefully."""
+
+    name: str
+
+    async def run(self, *, task_status: TaskStatus[Any] = ...) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class PoolActor(abc.ABC):
     name: str = "actor"
 
     def __init__(
@@ -43,23 +61,23 @@ class Actor(abc.ABC):
         *,
         subject: str,
         queue: str,
-        workers: int = DEFAULT_WORKERS,
+        concurrency: int = DEFAULT_CONCURRENCY,
         backlog: int = 0,
         also: tuple[str, ...] = (),
     ):
         self.bus = bus
         self.subject = subject
         self.also = also
-        """More subjects served by the same queue group and workers."""
+        """More subjects served by the same queue group and pool."""
         self.queue = queue
-        self.workers = workers
+        self.concurrency = concurrency
         self._send, self._receive = anyio.create_memory_object_stream[Msg](backlog)
         self._stopping = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; reports started once the subscription is live."""
         async with anyio.create_task_group() as tg:
-            for _ in range(self.workers):
+            for _ in range(self.concurrency):
                 tg.start_soon(self._worker, self._receive.clone())
             self._receive.close()
             subs = [
@@ -128,7 +146,7 @@ REMEMBERED_OFFERS: Final = 4096
 """Offers a handoff actor remembers having taken, to run a repeated one only once."""
 
 
-class HandoffActor(Actor):
+class HandoffActor(PoolActor):
     """An actor reached by handoff: it answers Accepted or Busy at once.
 
     A sender that hears nothing within its wait offers the same bytes again, and the
@@ -156,4 +174,4 @@ class HandoffActor(Actor):
         await accept(self.bus, msg)
 
     async def refuse(self, msg: Msg) -> None:
-        await refuse_busy(self.bus, msg, f"{self.name}: all {self.workers} workers busy")
+        await refuse_busy(self.bus, msg, f"{self.name}: all {self.concurrency} workers busy")

@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from prometheus_client import CollectorRegistry
 
 from omnillm.actors.admin import AdminActor
+from omnillm.actors.base import Actor
 from omnillm.actors.boards import Boards
 from omnillm.actors.caller.actor import CallerActor
 from omnillm.actors.classifier.actor import ClassifierActor
@@ -53,16 +54,6 @@ provider's ``rpm``/``max_concurrency``, which a caller enforces in its own proce
 ledger, prober and admin responder are singletons anyway."""
 
 
-class Service(Protocol):
-    """What the supervisor runs: started once live, stopped gracefully."""
-
-    name: str
-
-    async def run(self, *, task_status: TaskStatus[Any] = ...) -> None: ...
-
-    def stop(self) -> None: ...
-
-
 DRAIN_TIMEOUT_S: Final = 15.0
 
 
@@ -90,15 +81,15 @@ def build_actors(
     worker: int | None = None,
     metrics_subject: str | None = None,
     steer: int = 0,
-) -> list[Service]:
+) -> list[Actor]:
     """The actors of ``kinds``. ``worker``: this process's number in ``omni up --workers``;
     ``metrics_subject``: where its gateway answers or relays scrapes; ``steer``: the
     workers its gateway sends new connections to (see the gateway)."""
     reliability = settings.config.reliability
-    actors: list[Service] = []
+    actors: list[Actor] = []
     planner = None
     if "planner" in kinds:
-        planner = PlannerActor(bus, settings, workers=reliability.workers, boards=boards)
+        planner = PlannerActor(bus, settings, concurrency=reliability.workers, boards=boards)
     if "classifier" in kinds:
         actors.append(
             _classifier(
@@ -106,7 +97,7 @@ def build_actors(
                 request_timeout_s=reliability.request_timeout_s,
                 max_request_bytes=reliability.max_request_bytes,
                 handoff_timeout_s=reliability.handoff_timeout_s,
-                workers=reliability.workers,
+                concurrency=reliability.workers,
                 dedup=boards.dedup,
                 config=settings.config.classifier,
                 planner=planner,
@@ -197,7 +188,7 @@ class Stack:
                 max_payload=config.nats.max_payload,
                 users=config.nats.users,
             )
-        self.actors: list[Service] = []
+        self.actors: list[Actor] = []
         self._stop = anyio.Event()
 
     @property

@@ -153,16 +153,16 @@ class CallerActor(HandoffActor):
         provider: str,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        workers: int | None = None,
+        concurrency: int | None = None,
         boards: Boards | None = None,
     ) -> None:
         live = settings.providers[provider]
-        size = workers or live.config.max_concurrency
+        size = concurrency or live.config.max_concurrency
         super().__init__(
             bus,
             subject=subjects.call(provider),
             queue=subjects.caller_queue(provider),
-            workers=size,
+            concurrency=size,
             backlog=live.config.backlog,
         )
         self.name = f"caller.{provider}"
@@ -188,7 +188,7 @@ class CallerActor(HandoffActor):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         owned = self._transport is None
-        transport = self._transport or new_transport(max_connections=self.workers)
+        transport = self._transport or new_transport(max_connections=self.concurrency)
         self.upstream = upstream_for(self.settings, self.provider, transport)
         try:
             async with anyio.create_task_group() as tg:

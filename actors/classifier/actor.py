@@ -28,7 +28,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from omnillm.actors._dispatch import fail_request
-from omnillm.actors.base import Actor
+from omnillm.actors.base import PoolActor
 from omnillm.actors.classifier._features import (
     DEFAULT_WEIGHTS,
     FEATURES,
@@ -262,7 +262,7 @@ class Planner(Protocol):
     async def take(self, envelope: CallEnvelope) -> None: ...
 
 
-class ClassifierActor(Actor):
+class ClassifierActor(PoolActor):
     """Subscribes to ``omni.v1.request``; hands envelopes to the planner of its process
     when there is one, else to ``omni.v1.plan``."""
 
@@ -275,7 +275,7 @@ class ClassifierActor(Actor):
         request_timeout_s: float = 120.0,
         max_request_bytes: int = 4 * 1024 * 1024,
         handoff_timeout_s: float = 0.5,
-        workers: int = 64,
+        concurrency: int = 64,
         backlog: int = 1024,
         dedup: DedupBoard | None = None,
         config: ClassifierConfig = DEFAULT,
@@ -287,7 +287,7 @@ class ClassifierActor(Actor):
             subject=subjects.REQUEST,
             also=(subjects.GATEWAY_REQUEST,),
             queue=subjects.CLASSIFIER_QUEUE,
-            workers=workers,
+            concurrency=concurrency,
             backlog=backlog,
         )
         self.request_timeout_s = request_timeout_s
@@ -302,7 +302,7 @@ class ClassifierActor(Actor):
     async def refuse(self, msg: Msg) -> None:
         failure = Failure(
             code="busy",
-            message=f"the router is at capacity ({self.workers} requests in classification "
+            message=f"the router is at capacity ({self.concurrency} requests in classification "
             "and its backlog full)",
             retryable=True,
         )

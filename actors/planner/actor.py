@@ -359,7 +359,7 @@ class PlannerActor(HandoffActor):
         bus: Bus,
         settings: Settings,
         *,
-        workers: int = 64,
+        concurrency: int = 64,
         backlog: int = 1024,
         boards: Boards | None = None,
     ) -> None:
@@ -367,7 +367,7 @@ class PlannerActor(HandoffActor):
             bus,
             subject=subjects.PLAN,
             queue=subjects.PLANNER_QUEUE,
-            workers=workers,
+            concurrency=concurrency,
             backlog=backlog,
         )
         self.settings = settings

@@ -21,7 +21,7 @@ class Recording(HandoffActor):
     name = "recording"
 
     def __init__(self, bus: Bus) -> None:
-        super().__init__(bus, subject=SUBJECT, queue="recording", workers=4)
+        super().__init__(bus, subject=SUBJECT, queue="recording", concurrency=4)
         self.handled: list[bytes] = []
 
     async def handle(self, msg: Msg) -> None:

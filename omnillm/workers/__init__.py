@@ -10,7 +10,7 @@ process in ``x-omnillm-worker`` (0: the main one). A worker's ``/metrics`` asks 
 which counts (on a private inbox subject), so a scrape shows the same counts whichever
 process it reaches.
 
-A worker process (``python -m omnillm.workers``):
+A worker process (``python -m omnillm.workers``, :mod:`omnillm.workers.__main__`):
 
 - reads its settings, NATS URL and port from stdin, pickled: keys and passwords never
   go on a command line, where other users of the machine could read them;
@@ -47,16 +47,17 @@ import msgspec
 from anyio.abc import Process, TaskStatus
 
 from omnillm.config import Config, LiveProvider, Settings
-from omnillm.embedded import die_with_parent
 from omnillm.errors import OmniLLMError
 from omnillm.providers.catalog import Catalog, ModelSpec
 
 __all__ = [
     "MAX_AUTO_WORKERS",
+    "READY",
     "RESTART_LIMIT",
     "RESTART_WINDOW_S",
     "WorkerFailed",
     "WorkerPool",
+    "WorkerSpec",
     "tag_logs",
     "worker_count",
 ]
@@ -69,7 +70,7 @@ which a few gateway processes already keep busy; each worker costs about 60 MB."
 RESTART_LIMIT: Final = 5
 RESTART_WINDOW_S: Final = 60.0
 READY_TIMEOUT_S: Final = 60.0
-_READY: Final = b"ready\n"
+READY: Final = b"ready\n"
 
 
 class WorkerFailed(OmniLLMError):
@@ -229,7 +230,7 @@ class WorkerPool:
                 while not said.endswith(b"\n"):
                     said += await process.stdout.receive()
         await process.stdout.aclose()
-        if said == _READY:
+        if said == READY:
             return
         if process.returncode is None:
             process.kill()
@@ -289,64 +290,3 @@ class WorkerPool:
                     process.kill()
             await process.wait()
             await process.aclose()
-
-
-# --- the worker process ------------------------------------------------------------------
-
-
-def _die_with_parent(parent: int) -> bool:
-    """Linux: SIGTERM when the main process dies, even by SIGKILL. False if it already has."""
-    die_with_parent()
-    return os.getppid() == parent
-
-
-def _say_ready() -> None:
-    """``ready`` to the main process; then stdout is stderr, so nothing else goes there."""
-    os.write(1, _READY)
-    os.dup2(2, 1)
-
-
-async def _serve(spec: WorkerSpec) -> None:
-    from omnillm.supervisor import Stack  # it imports this module
-
-    stack = Stack(
-        spec.settings(),
-        nats_url=spec.nats_url,
-        kinds=spec.kinds,
-        providers=spec.providers,
-        worker=spec.index,
-        metrics_subject=spec.metrics_subject,
-    )
-    # Open for the whole drain: a second SIGTERM (bench tools signal every process of a
-    # tree) is absorbed instead of killing the worker mid-answer.
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with anyio.create_task_group() as tg:
-            await tg.start(stack.run)
-            _say_ready()
-            async for signum in signals:
-                log.info("%s: draining and stopping", signal.Signals(signum).name)
-                stack.stop()
-                break
-
-
-def main() -> int:
-    from omnillm.logs import configure_logging
-
-    try:
-        spec: WorkerSpec = pickle.load(sys.stdin.buffer)
-    except EOFError:  # the main process is gone already
-        return 1
-    if not _die_with_parent(spec.parent):
-        return 1
-    configure_logging(spec.config.log.level, json=True)
-    tag_logs(spec.index)
-    try:
-        anyio.run(_serve, spec)
-    except Exception:  # one tagged log line on the shared stderr, not a bare traceback
-        log.exception("worker %d failed", spec.index)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

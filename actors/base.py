@@ -9,11 +9,12 @@ else.
 subscription feeding a bounded pool of ``concurrency`` tasks, and a clean stop.
 
 nats-py runs a subscription's callbacks one after another, so a callback must only
-admit work and return. By default the pool has no hidden queue: an item is admitted
-only when a worker is idle and waiting, so "accepted" means "being worked on now"
-(callers: a busy one sends the request elsewhere). Actors whose work takes a
-millisecond (classifier, planner) take a bounded ``backlog`` instead, so a burst
-waits a moment rather than being refused.
+admit work and return. With no ``backlog`` the pool has no hidden queue: an item is
+admitted only when a task is idle and waiting, so "accepted" means "being worked on
+now". With a ``backlog`` (the classifier and planner, whose work takes a millisecond,
+and each caller, ``providers.<name>.backlog``) up to that many wait their turn, so a
+burst waits a moment rather than being refused; past it the sender hears Busy and
+sends the request elsewhere.
 
 Stopping is an event, not a cancellation: ``stop()`` unsubscribes (draining what
 was already delivered), lets the pool finish what it holds, and returns.

@@ -3,7 +3,7 @@
 One key per provider (``provider.<name>``) holding a ``ProviderHealth`` record. Callers
 write only when a provider's state changes (a refused free tier, a rejected key, and
 back to ok), so the bucket costs nothing on the hot path. Every reader (``omni
-providers``, the admin responder, later the planner) sees what any caller saw.
+providers``, the admin responder, the planner) sees what any caller saw.
 
 A server without JetStream has no bucket: writes are skipped and reads are empty,
 with one warning; routing never depends on it being there. Nor on it answering: while

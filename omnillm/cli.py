@@ -1,13 +1,21 @@
-"""The ``omni`` command.
+"""The ``omni`` command: one subcommand a job, each a thin layer over the library.
 
 ::
 
-    omni up [--nats-url URL] [--nats-port N]     run everything (embedded NATS by default)
-    omni demo ["question"]                       the same against a built-in mock provider
-    omni chat "question" [--model M] [--nats-url URL]
-                                                 ask, print tokens live, then a summary
-    omni actor classifier|planner|caller [--provider P] [--nats-url URL]
-                                                 one actor, to scale out
+    omni up [--nats-url URL] [--nats-port N] [--workers N]   run everything (embedded NATS)
+    omni demo ["question"]                    the same against a built-in mock provider
+    omni chat "question" [--model M]          ask, print tokens live, then a summary
+    omni actor KIND [--provider P]            one actor against an existing NATS, to scale out
+    omni tap [SUBJECT...]                     print every message on the bus
+    omni providers|models [--json]            what the running router serves
+    omni classify "prompt" [--json]           how the router would sort a prompt
+    omni switch [PROVIDER | --clear]          prefer a provider everywhere, or show it
+    omni cost [--by G] [--since D] [--json]   spend from the ledger
+    omni stats [--since D] [--json]           requests, errors, latency, cost, savings
+    omni openclaw install|uninstall           add OmniLLM to OpenClaw's models, or remove it
+
+``--config FILE`` comes before the command. README.md
+has every option; ``omni COMMAND --help`` prints them.
 """
 
 from __future__ import annotations

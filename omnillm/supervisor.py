@@ -51,7 +51,7 @@ planner and callers could join their queue groups from every process too, but on
 cores that cost 20-25% more CPU per request (each hop's messages are spread over more
 event loops, batched less) for no more throughput, and it would multiply each
 provider's ``rpm``/``max_concurrency``, which a caller enforces in its own process. The
-ledger, prober and admin responder are singletons anyway."""
+ledger and prober are singletons anyway, and one admin responder answers every listing."""
 
 
 DRAIN_TIMEOUT_S: Final = 15.0

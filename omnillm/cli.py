@@ -14,8 +14,8 @@
     omni stats [--since D] [--json]           requests, errors, latency, cost, savings
     omni openclaw install|uninstall           add OmniLLM to OpenClaw's models, or remove it
 
-``--config FILE`` comes before the command. README.md
-has every option; ``omni COMMAND --help`` prints them.
+``--config FILE`` comes before the command. README.md has every option; ``omni COMMAND
+--help`` prints them.
 """
 
 from __future__ import annotations

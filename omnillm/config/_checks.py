@@ -1,12 +1,16 @@
 """Checks types cannot express: ports in range, providers a built-in row or config can
 complete, models and fallbacks the catalog knows, numbers above 0. Each problem is a key
 path and what is wrong there.
+
+:func:`check` runs them once per config object: a config :func:`~omnillm.config.load_config`
+returned is not checked again by :func:`~omnillm.config.resolve`, one built in code is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Final
+from weakref import WeakValueDictionary
 
 from msgspec import Struct
 
@@ -26,18 +30,37 @@ from omnillm.errors import ConfigError
 from omnillm.providers.catalog import CAPABILITIES, load_builtin_catalog, split_model_id
 from omnillm.providers.registry import BUILTIN_PROVIDERS
 
-__all__ = ["Problem", "log_level_problem", "port_problems", "problems", "raise_first"]
+__all__ = ["Problem", "check", "log_level_problem", "passed", "port_problems"]
 
 Problem = tuple[str, str]
 """A key path and what is wrong there."""
 
 
-def raise_first(problems: Iterator[Problem], *, label: str | None) -> None:
+_PASSED: Final[WeakValueDictionary[int, Config]] = WeakValueDictionary()
+"""The config objects that passed, by ``id`` (a config holds lists: it cannot be hashed)."""
+
+
+def check(config: Config, *, label: str | None = None) -> None:
+    """Raise the first problem in ``config`` as a :class:`ConfigError`, its text prefixed
+    with ``label`` (the file) when given; nothing when this very object passed before."""
+    if _PASSED.get(id(config)) is not config:
+        _raise_first(_problems(config), label=label)
+        passed(config)
+
+
+def passed(config: Config) -> Config:
+    """Remember ``config`` as passing without checking it: for a config made from a
+    checked one by changes that were checked as they were made (the environment's)."""
+    _PASSED[id(config)] = config
+    return config
+
+
+def _raise_first(problems: Iterator[Problem], *, label: str | None) -> None:
     for path, what in problems:
         raise ConfigError(f"{label}: {path}: {what}" if label else f"{path}: {what}")
 
 
-def problems(config: Config) -> Iterator[Problem]:
+def _problems(config: Config) -> Iterator[Problem]:
     yield from port_problems("nats.embedded.port", config.nats.embedded.port)
     yield from port_problems("gateway.port", config.gateway.port)
     yield from _gateway_keys(config.gateway)

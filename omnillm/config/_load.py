@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import msgspec
 
-from omnillm.config._checks import problems, raise_first
+from omnillm.config._checks import check, passed
 from omnillm.config._env import apply_env
 from omnillm.config._explain import explain
 from omnillm.config.schema import Config
@@ -34,15 +34,14 @@ def load_config(
 ) -> Config:
     """Read ``path``, else the first of :data:`CONFIG_FILES` in ``cwd``, else defaults.
 
-    ``env`` (default ``os.environ``) supplies the ``OMNI_*`` overrides.
+    ``env`` (default ``os.environ``) supplies the ``OMNI_*`` overrides. The checks run
+    here, once: :func:`~omnillm.config.resolve` does not repeat them on the result.
     """
     env = os.environ if env is None else env
     file = Path(path) if path is not None else _find_config(cwd)
-    config = Config()
-    if file is not None:
-        config = _read(file)
-        raise_first(problems(config), label=str(file))
-    return apply_env(config, env)
+    config = _read(file) if file is not None else Config()
+    check(config, label=None if file is None else str(file))
+    return passed(apply_env(config, env))
 
 
 def _find_config(cwd: Path | None) -> Path | None:

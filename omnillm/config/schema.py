@@ -168,7 +168,9 @@ class RoutingConfig(_Section, frozen=True):
     enough answers (defaults: simple 150, medium 500, complex 1200, reasoning 3000)."""
 
 
-class Config(_Section, frozen=True):
+class Config(_Section, frozen=True, weakref=True):
+    """The whole file. ``weakref``: the checks remember which configs passed."""
+
     nats: NatsConfig = NatsConfig()
     gateway: GatewayConfig = GatewayConfig()
     providers: dict[str, ProviderConfig] = {}

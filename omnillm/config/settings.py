@@ -13,7 +13,7 @@ from typing import Final
 
 import msgspec
 
-from omnillm.config._checks import problems, raise_first
+from omnillm.config._checks import check
 from omnillm.config.schema import NO_KEY, Config, ModelConfig, PriceConfig, ProviderConfig
 from omnillm.providers.base import AuthStyle, WireOptions
 from omnillm.providers.catalog import Catalog, ModelSpec, Price, PriceTier, load_builtin_catalog
@@ -90,7 +90,7 @@ def resolve(config: Config, *, env: Mapping[str, str] | None = None) -> Settings
     whose key variable is set (unless it needs a ``base_url`` only config can give).
     """
     env = os.environ if env is None else env
-    raise_first(problems(config), label=None)
+    check(config)  # a config load_config returned passed already
     builtin = load_builtin_catalog()
     catalog = Catalog([*builtin, *(_model_spec(m, builtin.get(m.id)) for m in config.models)])
     live = {

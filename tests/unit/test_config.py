@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from omnillm.bus.messages import TokenUsage
-from omnillm.config import Config, ProviderConfig, load_config, resolve
+from omnillm.config import Config, ProviderConfig, _checks, load_config, resolve
 from omnillm.errors import ConfigError
 from omnillm.providers.catalog import cost_usd
 
@@ -434,3 +436,19 @@ def test_no_repr_shows_a_key(tmp_path: Path) -> None:
     for secret in ("sk-local-secret", "sk-env-secret", "gw-secret"):
         assert secret not in shown
     assert "api_key=<set>" in repr(settings.providers["vllm"])
+
+
+def test_a_loaded_config_is_checked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[Config] = []
+    problems = _checks._problems
+
+    def counted(config: Config) -> Iterator[tuple[str, str]]:
+        runs.append(config)
+        return problems(config)
+
+    monkeypatch.setattr(_checks, "_problems", counted)
+    config = _load(tmp_path, CUSTOM_PROVIDER, OMNI_GATEWAY_PORT="4100")
+    resolve(config, env={})
+    assert len(runs) == 1
+    resolve(msgspec.structs.replace(config, data_dir="elsewhere"), env={})
+    assert len(runs) == 2  # a changed copy is another config: checked again

@@ -50,6 +50,11 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     options: WireOptions = WireOptions()
     requires_base_url: bool = False
     """No public URL (Azure, self-hosted Anyscale): config must give ``base_url``."""
+    plain_api_suffix: str | None = None
+    """A ``base_url`` ending in this speaks the family's plain API: the family's own path
+    with the model in the body, and no query parameters (``chat_path`` and ``query``
+    dropped). Azure: ``/openai/v1``, its v1 API, takes the deployment as the model with no
+    ``api-version``."""
 
 
 def auth_headers(spec: ProviderSpec, api_key: str | None) -> dict[str, str]:
@@ -138,6 +143,7 @@ _ROWS: Final[tuple[ProviderSpec, ...]] = (
             query={"api-version": "2024-10-21"},
         ),
         requires_base_url=True,
+        plain_api_suffix="/openai/v1",
     ),
     # Anyscale Endpoints closed on 2024-08-01; what remains is a self-deployed
     # OpenAI-compatible service whose URL comes from `anyscale service deploy`.

@@ -184,8 +184,8 @@ def _merge(name: str, provider: ProviderConfig) -> ProviderSpec:
         options = msgspec.structs.replace(
             options, query={**options.query, "api-version": provider.api_version}
         )
-    if name == "azure" and base_url.rstrip("/").endswith("/openai/v1"):
-        # Azure's v1 API takes the deployment as the model, with no api-version.
+    plain = base.plain_api_suffix if base else None
+    if plain is not None and base_url.rstrip("/").endswith(plain):
         options = msgspec.structs.replace(options, chat_path=None, query={})
     return ProviderSpec(
         name=name,
@@ -196,6 +196,7 @@ def _merge(name: str, provider: ProviderConfig) -> ProviderSpec:
         headers={**(base.headers if base else {}), **provider.headers},
         options=options,
         requires_base_url=base.requires_base_url if base else False,
+        plain_api_suffix=plain,
     )
 
 

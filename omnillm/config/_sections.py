@@ -101,12 +101,12 @@ class ReliabilityConfig(_Section, frozen=True):
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 8.0
     finish_grace_s: float = 0.5
+    """After a finish reason, how long to wait for the usage before finalising."""
     probe_interval_s: float = 60.0
     """A one-token request to each provider this often (0: never); an open circuit is
     probed as soon as its cooldown ends."""
     mark_ttl_s: float = 300.0
     """How long a rejected key or an unknown model keeps its provider or model out of plans."""
-    """After a finish reason, how long to wait for the usage before finalising."""
     connect_timeout_s: float = 5.0
     ttft_timeout_s: float = 10.0
     stall_timeout_s: float = 10.0

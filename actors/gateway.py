@@ -161,7 +161,7 @@ class GatewayActor:
         self.host = host
         self.port = port
         self.keys = KeyRing(settings.config.gateway.keys, env)
-        self.max_request_bytes = settings.config.reliability.max_request_bytes
+        self.max_request_bytes = settings.config.limits.max_request_bytes
         self._client: Client | None = None
         self._server: uvicorn.Server | None = None
         self._stopping = False

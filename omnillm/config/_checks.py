@@ -9,7 +9,7 @@ returned is not checked again by :func:`~omnillm.config.resolve`, one built in c
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Final
+from typing import Any, Final
 from weakref import WeakValueDictionary
 
 from msgspec import Struct
@@ -21,16 +21,26 @@ from omnillm.config.schema import (
     LOG_LEVELS,
     MAX_REPLICAS,
     MAX_WORKERS,
+    MOVED_TO_LIMITS,
     Config,
     GatewayConfig,
     ModelConfig,
     ProviderConfig,
+    ReliabilityConfig,
 )
 from omnillm.errors import ConfigError
 from omnillm.providers.catalog import CAPABILITIES, load_builtin_catalog, split_model_id
 from omnillm.providers.registry import BUILTIN_PROVIDERS
 
-__all__ = ["Problem", "check", "log_level_problem", "passed", "port_problems"]
+__all__ = [
+    "Problem",
+    "check",
+    "given_twice",
+    "log_level_problem",
+    "passed",
+    "port_problems",
+    "raise_first",
+]
 
 Problem = tuple[str, str]
 """A key path and what is wrong there."""
@@ -44,7 +54,7 @@ def check(config: Config, *, label: str | None = None) -> None:
     """Raise the first problem in ``config`` as a :class:`ConfigError`, its text prefixed
     with ``label`` (the file) when given; nothing when this very object passed before."""
     if _PASSED.get(id(config)) is not config:
-        _raise_first(_problems(config), label=label)
+        raise_first(_problems(config), label=label)
         passed(config)
 
 
@@ -55,7 +65,7 @@ def passed(config: Config) -> Config:
     return config
 
 
-def _raise_first(problems: Iterator[Problem], *, label: str | None) -> None:
+def raise_first(problems: Iterator[Problem], *, label: str | None) -> None:
     for path, what in problems:
         raise ConfigError(f"{label}: {path}: {what}" if label else f"{path}: {what}")
 
@@ -79,6 +89,8 @@ def _problems(config: Config) -> Iterator[Problem]:
     yield from _positive("nats", config.nats)
     yield from _positive("reliability", config.reliability)
     yield from _positive("reliability.breaker", config.reliability.breaker)
+    yield from _positive("limits", config.limits)
+    yield from _moved(config)
     yield from _positive("ledger", config.ledger)
     if (level := log_level_problem(config.log.level)) is not None:
         yield "log.level", level
@@ -156,6 +168,29 @@ def _known_models(where: str, ids: list[str], known: set[str]) -> Iterator[Probl
     for i, model_id in enumerate(ids):
         if model_id not in known:
             yield f"{where}[{i}]", f"unknown model '{model_id}' (not in the catalog or models:)"
+
+
+def _moved(config: Config) -> Iterator[Problem]:
+    """A moved key given under its old name (other than the default) while ``limits``
+    gives it another value (see :class:`Config`)."""
+    default = ReliabilityConfig()
+    for old, new in MOVED_TO_LIMITS.items():
+        was, now = getattr(config.reliability, old), getattr(config.limits, new)
+        if was != getattr(default, old) and was != now:
+            yield _conflict(old, was, new, now)
+
+
+def given_twice(raw: Any) -> Iterator[Problem]:
+    """A moved key written under both names with two values, in a file's data (which
+    :class:`Config` read): even when the ``limits`` one is the default."""
+    reliability, limits = raw.get("reliability") or {}, raw.get("limits") or {}
+    for old, new in MOVED_TO_LIMITS.items():
+        if old in reliability and new in limits and reliability[old] != limits[new]:
+            yield _conflict(old, reliability[old], new, limits[new])
+
+
+def _conflict(old: str, was: object, new: str, now: object) -> Problem:
+    return f"limits.{new}", f"{now} conflicts with reliability.{old}: {was}, its old name; keep one"
 
 
 _ZERO_MEANS_OFF: Final = frozenset({"probe_interval_s", "backlog", "linger_s"})

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import msgspec
 
-from omnillm.config._checks import check, passed
+from omnillm.config._checks import check, given_twice, passed, raise_first
 from omnillm.config._env import apply_env
 from omnillm.config._explain import explain
 from omnillm.config.schema import Config
@@ -64,9 +64,11 @@ def _read(file: Path) -> Config:
     if raw is None:  # an empty file
         return Config()
     try:
-        return msgspec.convert(raw, Config)
+        config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{label}: {explain(exc, raw)}") from exc
+    raise_first(given_twice(raw), label=label)
+    return config
 
 
 def _parse(data: bytes, label: str, *, json: bool) -> Any:

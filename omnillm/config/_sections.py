@@ -1,5 +1,6 @@
 """The sections of the file that tune the running router: the bus (``nats:``), the HTTP
-gateway, reliability and its breakers, dedup, audit, the ledger, logging and the classifier.
+gateway, reliability and its breakers, limits, dedup, audit, the ledger, logging and the
+classifier.
 
 :mod:`omnillm.config.schema` re-exports all of them; import them from there or from
 :mod:`omnillm.config`.
@@ -115,8 +116,20 @@ class ReliabilityConfig(_Section, frozen=True):
     handoff_timeout_s: float = 0.5
     heartbeat_s: float = 5.0
     max_request_bytes: int = 4 * _MiB
+    """The old name of ``limits.max_request_bytes``, still read (see :class:`Config`)."""
     workers: int = 64
+    """The old name of ``limits.concurrency``, still read (see :class:`Config`)."""
     breaker: BreakerConfig = BreakerConfig()
+
+
+class LimitsConfig(_Section, frozen=True):
+    """How much one process takes on."""
+
+    concurrency: int = 64
+    """The size of each actor's bounded worker pool (the classifier's, the planner's):
+    the requests it works on at once."""
+    max_request_bytes: int = 4 * _MiB
+    """The largest request accepted, on the gateway and on the bus."""
 
 
 class DedupConfig(_Section, frozen=True):

@@ -8,7 +8,11 @@ say is checked in ``_checks``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final, Literal
+
+import msgspec
 
 from omnillm.bus.messages import Tier
 from omnillm.config._sections import (
@@ -23,6 +27,7 @@ from omnillm.config._sections import (
     GatewayConfig,
     GatewayKey,
     LedgerConfig,
+    LimitsConfig,
     LogConfig,
     NatsConfig,
     NatsUser,
@@ -35,6 +40,7 @@ __all__ = [
     "LOG_LEVELS",
     "MAX_REPLICAS",
     "MAX_WORKERS",
+    "MOVED_TO_LIMITS",
     "NO_KEY",
     "AliasConfig",
     "AuditConfig",
@@ -47,6 +53,7 @@ __all__ = [
     "GatewayConfig",
     "GatewayKey",
     "LedgerConfig",
+    "LimitsConfig",
     "LogConfig",
     "ModelConfig",
     "NatsConfig",
@@ -63,6 +70,11 @@ NO_KEY: Final = "none"
 """``api_key: none``: the provider takes no auth at all (a local server)."""
 
 Strategy = Literal["cost", "latency", "priority"]
+
+MOVED_TO_LIMITS: Final[Mapping[str, str]] = MappingProxyType(
+    {"workers": "concurrency", "max_request_bytes": "max_request_bytes"}
+)
+"""Keys that moved from ``reliability:`` to ``limits:``, old name: new name."""
 
 
 class ProviderConfig(_Section, frozen=True):
@@ -169,7 +181,12 @@ class RoutingConfig(_Section, frozen=True):
 
 
 class Config(_Section, frozen=True, weakref=True):
-    """The whole file. ``weakref``: the checks remember which configs passed."""
+    """The whole file. ``weakref``: the checks remember which configs passed.
+
+    The keys of :data:`MOVED_TO_LIMITS` still work under their old names: a value given
+    there (other than the default) becomes the ``limits`` value when ``limits`` leaves
+    that key at its default. Given under both names with two values, it is an error.
+    """
 
     nats: NatsConfig = NatsConfig()
     gateway: GatewayConfig = GatewayConfig()
@@ -177,9 +194,18 @@ class Config(_Section, frozen=True, weakref=True):
     models: list[ModelConfig] = []
     routing: RoutingConfig = RoutingConfig()
     reliability: ReliabilityConfig = ReliabilityConfig()
+    limits: LimitsConfig = LimitsConfig()
     dedup: DedupConfig = DedupConfig()
     audit: AuditConfig = AuditConfig()
     ledger: LedgerConfig = LedgerConfig()
     log: LogConfig = LogConfig()
     data_dir: str = ".omnillm"
     classifier: ClassifierConfig = ClassifierConfig()
+
+    def __post_init__(self) -> None:
+        limits, default = self.limits, LimitsConfig()
+        for old, new in MOVED_TO_LIMITS.items():
+            if getattr(limits, new) == getattr(default, new):
+                limits = msgspec.structs.replace(limits, **{new: getattr(self.reliability, old)})
+        if limits != self.limits:
+            msgspec.structs.force_setattr(self, "limits", limits)

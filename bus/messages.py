@@ -480,7 +480,7 @@ def read_request(data: bytes, *, max_bytes: int) -> ChatRequest:
     if len(data) > max_bytes:
         raise RequestTooLarge(
             f"request of {len(data)} bytes is over the limit of {max_bytes} bytes "
-            "(reliability.max_request_bytes)"
+            "(limits.max_request_bytes)"
         )
     try:
         return decode_request(data)

@@ -85,19 +85,19 @@ def build_actors(
     """The actors of ``kinds``. ``worker``: this process's number in ``omni up --workers``;
     ``metrics_subject``: where its gateway answers or relays scrapes; ``steer``: the
     workers its gateway sends new connections to (see the gateway)."""
-    reliability = settings.config.reliability
+    reliability, limits = settings.config.reliability, settings.config.limits
     actors: list[Actor] = []
     planner = None
     if "planner" in kinds:
-        planner = PlannerActor(bus, settings, concurrency=reliability.workers, boards=boards)
+        planner = PlannerActor(bus, settings, concurrency=limits.concurrency, boards=boards)
     if "classifier" in kinds:
         actors.append(
             _classifier(
                 bus,
                 request_timeout_s=reliability.request_timeout_s,
-                max_request_bytes=reliability.max_request_bytes,
+                max_request_bytes=limits.max_request_bytes,
                 handoff_timeout_s=reliability.handoff_timeout_s,
-                concurrency=reliability.workers,
+                concurrency=limits.concurrency,
                 dedup=boards.dedup,
                 config=settings.config.classifier,
                 planner=planner,

@@ -5,8 +5,8 @@ only per family (``providers/<family>.py``). Config can add rows (a custom
 OpenAI-compatible endpoint) or change a built-in row's URL, headers and options; the
 merge happens in :func:`omnillm.config.resolve`.
 
-Only the ``openai`` family is implemented in code so far; the rows of the other
-families are data for later.
+Every family named here has its adapter (:data:`omnillm.providers.families.IMPLEMENTED`);
+a row whose family had none would be listed but never served.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     options: WireOptions = WireOptions()
     requires_base_url: bool = False
     """No public URL (Azure, self-hosted Anyscale): config must give ``base_url``."""
+    plain_api_suffix: str | None = None
+    """A ``base_url`` ending in this speaks the family's plain API: the family's own path
+    with the model in the body, and no query parameters (``chat_path`` and ``query``
+    dropped). Azure: ``/openai/v1``, its v1 API, takes the deployment as the model with no
+    ``api-version``."""
 
 
 def auth_headers(spec: ProviderSpec, api_key: str | None) -> dict[str, str]:
@@ -138,6 +143,7 @@ _ROWS: Final[tuple[ProviderSpec, ...]] = (
             query={"api-version": "2024-10-21"},
         ),
         requires_base_url=True,
+        plain_api_suffix="/openai/v1",
     ),
     # Anyscale Endpoints closed on 2024-08-01; what remains is a self-deployed
     # OpenAI-compatible service whose URL comes from `anyscale service deploy`.

@@ -122,7 +122,7 @@ class GatewayActor:
         self.host = host
         self.port = port
         self.keys = KeyRing(settings.config.gateway.keys, env)
-        self.max_request_bytes = settings.config.reliability.max_request_bytes
+        self.max_request_bytes = settings.config.limits.max_request_bytes
         self._client: Client | None = None
         self._server: uvicorn.Server | None = None
         self._stopping = False
@@ -250,7 +250,7 @@ class GatewayActor:
 
     async def _body(self, request: Request, limit: int | None = None) -> bytes:
         """The body, refused as soon as its declared or its read size passes ``limit``
-        (``reliability.max_request_bytes`` by default)."""
+        (``limits.max_request_bytes`` by default)."""
         limit = self.max_request_bytes if limit is None else limit
         if _declared_size(request.headers.get("content-length")) > limit:
             raise RequestTooLarge(f"the request is over {limit} bytes")

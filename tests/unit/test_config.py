@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from omnillm.bus.messages import TokenUsage
-from omnillm.config import Config, ProviderConfig, load_config, resolve
+from omnillm.config import (
+    Config,
+    LimitsConfig,
+    ProviderConfig,
+    ReliabilityConfig,
+    _checks,
+    load_config,
+    resolve,
+)
 from omnillm.errors import ConfigError
 from omnillm.providers.catalog import cost_usd
 
@@ -273,6 +283,82 @@ def test_json_syntax_errors_name_the_line(tmp_path: Path) -> None:
     assert info.value.message == f"{path}: line 2, column 11: invalid JSON: invalid character"
 
 
+# --- limits, and their old names under reliability ----------------------------------
+
+MiB = 1024 * 1024
+
+
+def test_limits_default_to_what_their_old_keys_defaulted_to() -> None:
+    assert Config().limits == LimitsConfig(concurrency=64, max_request_bytes=4 * MiB)
+    reliability = ReliabilityConfig()
+    assert (reliability.workers, reliability.max_request_bytes) == (64, 4 * MiB)
+
+
+def test_limits_set_the_pool_size_and_the_largest_request(tmp_path: Path) -> None:
+    config = _load(tmp_path, "limits: {concurrency: 8, max_request_bytes: 65536}\n")
+    assert config.limits == LimitsConfig(concurrency=8, max_request_bytes=65536)
+
+
+def test_the_old_keys_under_reliability_still_set_the_limits(tmp_path: Path) -> None:
+    config = _load(tmp_path, "reliability: {workers: 8, max_request_bytes: 65536}\n")
+    assert config.limits == LimitsConfig(concurrency=8, max_request_bytes=65536)
+    assert (config.reliability.workers, config.reliability.max_request_bytes) == (8, 65536)
+    built = Config(reliability=ReliabilityConfig(workers=8))  # the same in code
+    assert built.limits == LimitsConfig(concurrency=8)
+    assert resolve(built, env={}).config.limits.concurrency == 8
+
+
+def test_an_old_key_and_its_new_one_may_agree(tmp_path: Path) -> None:
+    text = "reliability: {workers: 8}\nlimits: {concurrency: 8, max_request_bytes: 1000}\n"
+    config = _load(tmp_path, text)
+    assert config.limits == LimitsConfig(concurrency=8, max_request_bytes=1000)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "reliability: {workers: 16}\nlimits: {concurrency: 8}\n",
+            "limits.concurrency: 8 conflicts with reliability.workers: 16, its old name; keep one",
+        ),
+        (  # the new key at its default still counts as given
+            "reliability: {max_request_bytes: 1000}\nlimits: {max_request_bytes: 4194304}\n",
+            "limits.max_request_bytes: 4194304 conflicts with reliability.max_request_bytes:"
+            " 1000, its old name; keep one",
+        ),
+        ("limits: {concurrency: 0}\n", "limits.concurrency: expected a value above 0, got 0"),
+        (
+            "limits: {max_request_bytes: -1}\n",
+            "limits.max_request_bytes: expected a value above 0, got -1",
+        ),
+        ("reliability: {workers: 0}\n", "reliability.workers: expected a value above 0, got 0"),
+        ("limits: {workers: 8}\n", "limits: unknown key 'workers'"),
+    ],
+)
+def test_limit_errors_name_the_key_the_user_wrote(tmp_path: Path, text: str, message: str) -> None:
+    assert _error(tmp_path, text) == message
+
+
+def test_resolve_refuses_old_and_new_limits_that_differ_in_code() -> None:
+    config = Config(
+        reliability=ReliabilityConfig(max_request_bytes=1000),
+        limits=LimitsConfig(max_request_bytes=2000),
+    )
+    with pytest.raises(ConfigError) as info:
+        resolve(config, env={})
+    assert info.value.message == (
+        "limits.max_request_bytes: 2000 conflicts with reliability.max_request_bytes: 1000,"
+        " its old name; keep one"
+    )
+
+
+def test_a_config_with_old_limit_keys_survives_a_round_trip(tmp_path: Path) -> None:
+    config = _load(tmp_path, "reliability: {workers: 8}\n")
+    again = msgspec.convert(msgspec.to_builtins(config), Config)
+    assert again == config
+    assert resolve(again, env={}).config.limits.concurrency == 8
+
+
 # --- environment overrides -----------------------------------------------------------
 
 
@@ -434,3 +520,19 @@ def test_no_repr_shows_a_key(tmp_path: Path) -> None:
     for secret in ("sk-local-secret", "sk-env-secret", "gw-secret"):
         assert secret not in shown
     assert "api_key=<set>" in repr(settings.providers["vllm"])
+
+
+def test_a_loaded_config_is_checked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[Config] = []
+    problems = _checks._problems
+
+    def counted(config: Config) -> Iterator[tuple[str, str]]:
+        runs.append(config)
+        return problems(config)
+
+    monkeypatch.setattr(_checks, "_problems", counted)
+    config = _load(tmp_path, CUSTOM_PROVIDER, OMNI_GATEWAY_PORT="4100")
+    resolve(config, env={})
+    assert len(runs) == 1
+    resolve(msgspec.structs.replace(config, data_dir="elsewhere"), env={})
+    assert len(runs) == 2  # a changed copy is another config: checked again

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -191,3 +192,13 @@ def test_an_actors_private_modules_are_imported_only_from_its_own_package() -> N
         and not importer.startswith(private.rsplit(".", 1)[0] + ".")
     ]
     assert strays == []
+
+
+def test_every_product_package_is_in_the_distribution() -> None:
+    """``packages`` in pyproject.toml is a list: a package missing there is missing from
+    the wheel, while an editable install still finds it."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    packages = {name for name, path in product_modules().items() if path.name == "__init__.py"}
+    assert packages == listed

@@ -62,6 +62,16 @@ def test_azure_v1_base_url_sends_the_deployment_as_the_model() -> None:
     assert body["model"] == "my-deployment"
 
 
+def test_azure_v1_base_url_drops_a_configured_api_version() -> None:
+    """The row says which base URLs speak the plain API (``plain_api_suffix``); config
+    knows no provider by name."""
+    provider = {"base_url": "https://acme.openai.azure.com/openai/v1/", "api_version": "2025"}
+    azure = live("azure", {**provider, "api_key": "k"})
+    url, _ = wire(azure, HELLO, "my-deployment")
+    assert url == "https://acme.openai.azure.com/openai/v1/chat/completions"
+    assert azure.spec.plain_api_suffix == "/openai/v1"
+
+
 def test_mistral_gets_nine_character_tool_ids_that_still_pair_up() -> None:
     mistral = live("mistral", {}, env={"MISTRAL_API_KEY": "k"})
     request = {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import msgspec
 import pytest
 
@@ -31,3 +34,22 @@ def test_a_gateway_open_to_the_network_needs_keys() -> None:
 )
 def test_loopback_hosts_are_recognised(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"limits": {"concurrency": 3, "max_request_bytes": 999}},
+        {"reliability": {"workers": 3, "max_request_bytes": 999}},  # the old keys
+    ],
+)
+def test_limits_reach_the_actors_that_enforce_them(section: dict[str, Any]) -> None:
+    settings = resolve(msgspec.convert(section, Config), env={})
+    bus = SimpleNamespace(replicas=lambda replicas: 1)
+    boards = SimpleNamespace(health=None, breakers=None, dedup=None)
+    kinds = ("classifier", "planner", "gateway")
+    built = build_actors(bus, settings, kinds, [], boards)  # type: ignore[arg-type]
+    found = {type(actor).__name__: actor for actor in built}
+    assert found["ClassifierActor"].concurrency == found["PlannerActor"].concurrency == 3  # type: ignore[attr-defined]
+    assert found["ClassifierActor"].max_request_bytes == 999  # type: ignore[attr-defined]
+    assert found["GatewayActor"].max_request_bytes == 999  # type: ignore[attr-defined]

@@ -82,6 +82,7 @@ with ``raise ... from exc``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -248,19 +249,29 @@ def error_code(code: str) -> ErrorCode:
 
 _CLASSES: dict[str, type[OmniLLMError]] = {}
 """Each code's class, entered as the class is defined (see ``OmniLLMError``)."""
+_WRITTEN: dict[str, tuple[str, str]] = {}
+"""Where each code's class is written (see ``_source``)."""
 
 
 def _register(cls: type[OmniLLMError]) -> None:
     if cls.code not in CODES:
         raise TypeError(f"{cls.__qualname__}: error code {cls.code!r} has no row in CODES")
-    named = _CLASSES.get(cls.code)
-    if named is not None and _path(named) != _path(cls):  # the same path: a module reload
+    named, source = _CLASSES.get(cls.code), _source(cls)
+    if named is not None and _WRITTEN[cls.code] != source:
         raise TypeError(f"{cls.__qualname__}: error code {cls.code!r} is {_path(named)}'s")
-    _CLASSES[cls.code] = cls
+    _CLASSES[cls.code], _WRITTEN[cls.code] = cls, source
 
 
 def _path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _source(cls: type) -> tuple[str, str]:
+    """Where a class is written, taken as it is defined: the same class run twice (a
+    module reloaded, or run with ``python -m`` as ``__main__`` and imported by its name
+    too) is one declaration."""
+    module = sys.modules.get(cls.__module__)
+    return getattr(module, "__file__", None) or cls.__module__, cls.__qualname__
 
 
 class OmniLLMError(Exception):

@@ -106,6 +106,23 @@ def test_a_class_naming_a_code_with_no_row_or_another_class_s_code_is_refused() 
     assert type(from_code("circuit_open", "x")) is CircuitOpen
 
 
+def test_a_module_run_with_python_m_and_imported_too_declares_its_code_once() -> None:
+    """``omni up`` starts its workers with ``python -m omnillm.workers``: the module runs as
+    ``__main__`` and again under its name, one class written once."""
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = ['omnillm.costs']\n"
+        "runpy.run_module('omnillm.costs', run_name='__main__', alter_sys=True)\n"
+        "import omnillm.costs\n"
+        "from omnillm.errors import from_code\n"
+        "print(from_code('no_ledger', 'm').code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout == "no_ledger\n"
+
+
 _SENT: tuple[re.Pattern[str], ...] = (
     re.compile(r'\bcode="(\w+)"'),  # Failure(code=...), Error(code=...)
     re.compile(r'\berror_(?:response|body)\(\s*"(\w+)"'),

@@ -56,7 +56,7 @@ from omnillm.bus import subjects
 from omnillm.bus.connection import RID_HEADER, Bus, put_stream
 from omnillm.bus.messages import END_OF_STREAM, Done, Error, decode_frame, encode
 from omnillm.bus.stream import FrameSequencer
-from omnillm.errors import StreamGap
+from omnillm.errors import DedupTimeout, DedupUnavailable, StreamGap
 
 __all__ = [
     "BUCKET",
@@ -78,8 +78,8 @@ BUCKET: Final = "omni_dedup"
 STREAM: Final = "OMNI_REPLAY"
 REPLAY_PREFIX: Final = f"{subjects.ROOT}.replay"
 END_HEADER: Final = "Omni-End"
-DEDUP_TIMEOUT: Final = "dedup_timeout"
-DEDUP_UNAVAILABLE: Final = "dedup_unavailable"
+DEDUP_TIMEOUT: Final = DedupTimeout.code
+DEDUP_UNAVAILABLE: Final = DedupUnavailable.code
 DEFAULT_TTL_S: Final = 600.0
 MAX_KEY_BYTES: Final = 255
 _CLAIM_TRIES: Final = 3

@@ -3,9 +3,9 @@
 ``Metrics`` owns its collectors, registered on an injected ``CollectorRegistry``, so
 tests and embedders each get their own and nothing touches the global registry.
 Labels are bounded by construction: a provider or model outside the sets given at
-construction is counted as ``other``, an outcome that is no known error code as
-``error``, a tier outside the four as ``none``. A thousand made-up model names make
-no new series, and no label ever carries a request or user id.
+construction is counted as ``other``, an outcome that is neither ``ok`` nor a code of
+``omnillm.errors.CODES`` as ``error``, a tier outside the four as ``none``. A thousand
+made-up model names make no new series, and no label ever carries a request or user id.
 
 Two ways to feed it:
 
@@ -38,11 +38,12 @@ from omnillm.bus.connection import Bus
 from omnillm.bus.events import Event, EventKind
 from omnillm.bus.messages import TIERS, TokenUsage, Usage
 from omnillm.config import Settings
-from omnillm.errors import OmniLLMError
+from omnillm.errors import CODES
 
 __all__ = [
     "BREAKER_PHASES",
     "OTHER",
+    "OUTCOMES",
     "TOKEN_KINDS",
     "Metrics",
     "MetricsTap",
@@ -63,16 +64,8 @@ TTFT_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 DURATION_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 OVERHEAD_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 """Fine below 2 ms: the design budget for sequential overhead is a p50 under 2 ms."""
-
-
-def _error_codes() -> frozenset[str]:
-    found: set[str] = set()
-    pending: list[type[OmniLLMError]] = [OmniLLMError]
-    while pending:
-        cls = pending.pop()
-        found.add(cls.code)
-        pending.extend(cls.__subclasses__())
-    return frozenset(found | {"circuit_open", "busy"})
+OUTCOMES: Final = frozenset(CODES) | {"ok"}
+"""Outcome labels: ``ok`` or an error code; anything else is counted as ``error``."""
 
 
 class Metrics:
@@ -89,7 +82,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.models = frozenset(models)
         self.providers = frozenset(providers) | {m.split("/", 1)[0] for m in self.models}
-        self.outcomes = _error_codes() | {"ok"}
+        self.outcomes = OUTCOMES
         self._build(self.registry)
         for provider in self.providers:  # a breaker nobody has reported on yet is closed
             self.breaker_state.labels(provider).set(0)

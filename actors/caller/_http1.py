@@ -41,7 +41,10 @@ READ_BUFFER: Final = 1024 * 1024
 
 
 class _StaleConnection(Exception):
-    """A reused connection closed before its answer began: the request was not read."""
+    """A reused connection closed before its answer began: the request was not read.
+
+    Outside ``OmniLLMError`` on purpose: it never leaves this transport, which sends the
+    request once more on a new connection, or raises httpx's ``ReadError``."""
 
 
 class _Connection(asyncio.Protocol):

@@ -63,12 +63,12 @@ from omnillm.bus.stream import StreamSender
 from omnillm.config import LiveProvider, Settings
 from omnillm.errors import (
     AuthenticationFailed,
+    CircuitOpen,
     MalformedResponse,
     ModelNotFound,
     OmniLLMError,
     ProviderError,
     ProviderTimeout,
-    ProviderUnavailable,
     RateLimited,
     RequestError,
 )
@@ -77,13 +77,6 @@ from omnillm.providers.catalog import ModelSpec, cost_usd
 __all__ = ["CallerActor"]
 
 log = logging.getLogger("omnillm.caller")
-
-
-class _CircuitOpen(ProviderUnavailable):
-    code = "circuit_open"
-
-    def __init__(self, model: str) -> None:
-        super().__init__(f"{model}: the circuit is open (the provider failed recently)")
 
 
 class _Spent:
@@ -258,7 +251,8 @@ class CallerActor(HandoffActor):
         while True:
             tries += 1
             if not await self.breakers.allows(self.provider, spec.id):
-                return self._gave_up(_CircuitOpen(spec.id), spec_id=spec.id, call=None)
+                circuit = f"{spec.id}: the circuit is open (the provider failed recently)"
+                return self._gave_up(CircuitOpen(circuit), spec_id=spec.id, call=None)
             probing = not self.breakers.is_closed(self.provider, spec.id)
             call = Call(sender, self.provider, spec)
             error = await self._call(envelope, request, call)

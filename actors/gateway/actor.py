@@ -66,7 +66,7 @@ from omnillm.actors.gateway.answers import (
     streamed,
     whole,
 )
-from omnillm.actors.gateway.keys import KeyRefused, KeyRing
+from omnillm.actors.gateway.keys import KeyRing
 from omnillm.actors.gateway.openai_in import error_body, models_body
 from omnillm.actors.gateway.openai_in import parse_chat as parse_openai_chat
 from omnillm.actors.gateway.sockets import check_free, listen, steer_to_others
@@ -78,6 +78,7 @@ from omnillm.client import Client
 from omnillm.config import GatewayKey, Settings
 from omnillm.errors import (
     InvalidRequest,
+    KeyRefused,
     OmniLLMError,
     RequestTooLarge,
 )
@@ -222,9 +223,7 @@ class GatewayActor:
             return error_response("unsupported_media_type", message)
         try:
             chat, stream, include_usage = await self._parse(request)
-        except KeyRefused as exc:
-            return error_response(exc.code, exc.message)
-        except OmniLLMError as exc:
+        except OmniLLMError as exc:  # a refused key, or a body that is too large or wrong
             return error_response(exc.code, exc.message)
         assert self._client is not None
         exchange = Exchange(self._client.stream(chat), received)

@@ -21,17 +21,9 @@ import msgspec
 
 from omnillm.bus.messages import ChatRequest, RouteConstraints
 from omnillm.config import GatewayKey
+from omnillm.errors import InvalidApiKey, ModelNotAllowed
 
-__all__ = ["KeyRefused", "KeyRing"]
-
-
-class KeyRefused(Exception):
-    """A refused request: ``code`` is ``invalid_api_key`` (401) or ``model_not_allowed``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+__all__ = ["KeyRing"]
 
 
 class KeyRing:
@@ -51,7 +43,7 @@ class KeyRing:
             if hmac.compare_digest(given, secret) and scheme.lower() == "bearer":
                 found = key
         if found is None:
-            raise KeyRefused("invalid_api_key", "a valid 'Authorization: Bearer <key>' is required")
+            raise InvalidApiKey("a valid 'Authorization: Bearer <key>' is required")
         return found
 
     @staticmethod
@@ -64,8 +56,7 @@ class KeyRing:
         if key is None or not key.models:
             return request
         if not KeyRing.allows(key, request.model):
-            raise KeyRefused(
-                "model_not_allowed",
+            raise ModelNotAllowed(
                 f"model {request.model!r} is not allowed for key {key.name!r}; "
                 f"allowed: {', '.join(key.models)}",
             )

@@ -8,7 +8,8 @@ and ``ChatRequest``/frames to the bus. This module does the inbound half:
   ``ChatRequest``, with the gateway key's name as the tag ``key:<name>`` and a
   stable session id when the client sent none;
 - :func:`error_status` and :func:`error_body`: an OmniLLM error code into the HTTP
-  status and the ``{"error": {...}}`` JSON OpenAI clients understand;
+  status and the ``{"error": {...}}`` JSON OpenAI clients understand, as its row of
+  ``omnillm.errors.CODES`` says;
 - :func:`models_body`: ``GET /v1/models`` in OpenAI's list format.
 
 Unsupported OpenAI parameters (``top_p``, ``presence_penalty``, ``seed``…) are
@@ -27,7 +28,7 @@ import msgspec
 
 from omnillm.bus.messages import ChatRequest, Metadata
 from omnillm.client import to_request
-from omnillm.errors import InvalidRequest
+from omnillm.errors import InvalidRequest, error_code
 
 __all__ = [
     "KEY_TAG",
@@ -151,55 +152,16 @@ def session_id(request: ChatRequest) -> str:
 
 # --- errors --------------------------------------------------------------------------
 
-_STATUS: Final[dict[str, int]] = {
-    "invalid_request": 400,
-    "bad_request": 400,
-    "no_candidates": 400,
-    "content_policy": 400,
-    "context_length_exceeded": 400,
-    "invalid_api_key": 401,
-    "model_not_allowed": 403,
-    "unknown_model": 404,
-    "not_found": 404,
-    "request_too_large": 413,
-    "unsupported_media_type": 415,
-    "budget_exceeded": 429,
-    "rate_limited": 429,
-    "internal": 500,
-    "no_router": 503,
-    "no_caller": 503,
-    "busy": 503,
-    "circuit_open": 503,
-    "routing_error": 503,
-    "deadline_exceeded": 504,
-    "provider_timeout": 504,
-    "first_frame_timeout": 504,
-    "stream_stalled": 504,
-    "dedup_timeout": 504,
-}
-"""Any other code is an upstream or stream failure: 502."""
-
-_TYPES: Final[dict[int, str]] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-}
-_PARAMS: Final[dict[str, str]] = {"unknown_model": "model", "model_not_allowed": "model"}
-
 
 def error_status(code: str) -> int:
-    return _STATUS.get(code, 502)
+    return error_code(code).openai_status
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
     """OpenAI's error JSON; ``code`` is OmniLLM's error code (see the README)."""
-    status = error_status(code)
-    kind = "insufficient_quota" if code == "budget_exceeded" else _TYPES.get(status, "api_error")
-    return {"error": {"message": message, "type": kind, "param": _PARAMS.get(code), "code": code}}
+    row = error_code(code)
+    error = {"message": message, "type": row.openai_type, "param": row.param, "code": code}
+    return {"error": error}
 
 
 # --- models --------------------------------------------------------------------------

@@ -168,7 +168,11 @@ class MockError(Exception):
     the fault modes add ``"rate_limit"`` (429), ``"server"`` (500), ``"unavailable"``
     (503), ``"overloaded"`` (529), ``"context_length"`` and ``"content_policy"`` (400),
     each family wording them as its upstream does. ``headers`` go on the response
-    (``Retry-After``)."""
+    (``Retry-After``).
+
+    Outside ``OmniLLMError`` on purpose: it is the mock upstream's own refusal, never
+    leaving its handler but as an HTTP error in the family's shape, which the caller
+    then maps like any upstream's."""
 
     def __init__(
         self,

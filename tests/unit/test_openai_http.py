@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from omnillm.actors.gateway.keys import KeyRefused, KeyRing
+from omnillm.actors.gateway.keys import KeyRing
 from omnillm.actors.gateway.openai_in import (
     error_body,
     error_status,
@@ -29,7 +29,7 @@ from omnillm.bus.messages import (
     ToolCallDelta,
 )
 from omnillm.config import GatewayKey
-from omnillm.errors import InvalidRequest
+from omnillm.errors import InvalidRequest, KeyRefused
 
 
 def body(**fields: Any) -> bytes:

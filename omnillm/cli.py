@@ -28,9 +28,8 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from omnillm import costs, listings, openclaw
-from omnillm.actors.admin import ModelRow, ProviderRow
-from omnillm.actors.ledger.store import GROUPINGS
 from omnillm.bus._login import redact
+from omnillm.bus.admin import GROUPINGS, ModelRow, ProviderRow
 from omnillm.bus.connection import RID_HEADER, Bus
 from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Reset, Start
 from omnillm.client import DEFAULT_NATS_URL, Client, to_request

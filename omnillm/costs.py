@@ -18,10 +18,17 @@ import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from omnillm.actors.ledger.actor import CostQuery, CostRow, Grouping, SpendQuery, Stats, StatsQuery
-from omnillm.actors.ledger.store import Estimates
 from omnillm.bus import subjects
 from omnillm.bus._login import redact
+from omnillm.bus.admin import (
+    CostQuery,
+    CostRow,
+    Estimates,
+    Grouping,
+    SpendQuery,
+    Stats,
+    StatsQuery,
+)
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import Failure
 from omnillm.errors import InvalidRequest, OmniLLMError, RoutingError, from_code

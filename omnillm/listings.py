@@ -14,9 +14,10 @@ import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from omnillm.actors.admin import ModelRow, ProviderRow, model_rows, provider_rows
+from omnillm.actors.admin import model_rows, provider_rows
 from omnillm.bus import subjects
 from omnillm.bus._login import redact
+from omnillm.bus.admin import ModelRow, ProviderRow
 from omnillm.bus.connection import Bus, NatsUnreachable
 from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import ProviderHealth

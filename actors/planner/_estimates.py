@@ -17,8 +17,8 @@ import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from omnillm.actors.ledger.store import Estimates
 from omnillm.bus import subjects
+from omnillm.bus.admin import Estimates
 from omnillm.bus.connection import Bus
 
 __all__ = ["MIN_SAMPLES", "EstimateSource"]

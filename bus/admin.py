@@ -1,4 +1,4 @@
-"""The admin subjects: every query and answer.
+"""The admin subjects: every query and answer, and the one way to ask.
 
 Each admin subject is a plain NATS request/reply with a JSON query and a JSON answer.
 A client in any language sends the query to the subject (built by
@@ -22,15 +22,27 @@ unix seconds; a ``since`` of null means all time; an empty query to the ledger m
 every field's default. ``Failure`` codes: ``invalid_request`` (a query that does not
 decode, an unknown grouping or reference model), ``unknown_provider`` (a switch to a
 provider that is not live), ``unknown_admin_request`` and ``internal``.
+
+:func:`ask` is the one Python client of these subjects: it maps NATS's own exceptions,
+a ``Failure`` and an unreadable answer to the error tree, so callers never see
+``nats.errors``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar, get_args
 
 import msgspec
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from omnillm.bus.connection import Bus, NatsUnreachable
+from omnillm.bus.messages import Failure
+from omnillm.errors import NoRouter, OmniLLMError, RoutingError, from_code
 
 __all__ = [
+    "ASK_WAIT_S",
     "GROUPINGS",
     "CostQuery",
     "CostRow",
@@ -38,15 +50,28 @@ __all__ = [
     "Grouping",
     "InputEstimate",
     "ModelRow",
+    "NoAnswer",
     "OutputExpectation",
     "ProviderRow",
+    "Query",
     "Spend",
     "SpendQuery",
     "Stats",
     "StatsQuery",
     "Switch",
     "SwitchQuery",
+    "ask",
 ]
+
+T = TypeVar("T")
+Query: TypeAlias = msgspec.Struct | dict[str, Any] | bytes
+"""What :func:`ask` sends: a Struct or dict, encoded as JSON, or bytes that already are."""
+
+ASK_WAIT_S: Final = 2.0
+"""How long :func:`ask` waits for an answer unless told otherwise. A person or an HTTP
+tool waits on an admin answer; the OpenClaw plugin gives up after 5 s, so the gateway's
+own 503 must come before that. No responders is reported at once, whatever the wait."""
+
 
 # --- providers and models (admin actor) ----------------------------------------------
 
@@ -194,3 +219,66 @@ class Estimates(msgspec.Struct):
 
     providers: dict[str, InputEstimate] = {}
     tiers: dict[str, OutputExpectation] = {}
+
+
+# --- asking --------------------------------------------------------------------------
+
+
+class NoAnswer(RoutingError):
+    """Something listens on the subject but did not answer within the wait."""
+
+    code = "no_answer"
+
+
+_encoder: Final = msgspec.json.Encoder()
+_failure_decoder: Final = msgspec.json.Decoder(Failure)
+_UNREADABLE: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+"""What msgspec raises for bytes it cannot read as the type asked: invalid UTF-8 and
+nesting past its recursion limit come as foreign exceptions."""
+
+
+async def ask(
+    bus: Bus,
+    subject: str,
+    query: Query,
+    answer_type: type[T],
+    *,
+    wait_s: float = ASK_WAIT_S,
+) -> T:
+    """Send ``query`` (a Struct or dict, encoded as JSON; bytes go as they are) to
+    ``subject`` and return the answer as ``answer_type``.
+
+    Raises ``RequestTooLarge`` before sending a query over the server's limit,
+    ``NoRouter`` when nothing listens, ``NoAnswer`` after ``wait_s`` seconds,
+    ``NatsUnreachable`` when the connection cannot carry the request, the error a
+    ``Failure`` answer stands for (rebuilt by ``from_code``), and ``OmniLLMError`` for
+    an answer that is neither. ``msgspec.Raw`` takes any JSON answer as it came, a
+    ``Failure`` too: for a relay whose own client reads the ``Failure``.
+    """
+    payload = query if isinstance(query, bytes) else _encoder.encode(query)
+    bus.check_size(payload, None)
+    try:
+        reply = await bus.nc.request(subject, payload, timeout=wait_s)
+    except NoRespondersError as exc:
+        raise NoRouter(f"nothing answers on {subject}") from exc
+    except NatsTimeoutError as exc:
+        raise NoAnswer(f"no answer on {subject} within {wait_s:g} s") from exc
+    except NatsError as exc:  # closed, draining: this connection carries no more requests
+        raise NatsUnreachable(f"cannot ask on {subject}: {exc!r}") from exc
+    return _read(subject, reply.data, answer_type)
+
+
+def _read(subject: str, data: bytes, answer_type: type[T]) -> T:
+    if answer_type is not msgspec.Raw and (failure := _failure(data)) is not None:
+        raise from_code(failure.code, failure.message, provider=failure.provider)
+    try:
+        return msgspec.json.decode(data, type=answer_type)
+    except _UNREADABLE as exc:
+        raise OmniLLMError(f"unexpected answer on {subject}: {data[:200]!r}") from exc
+
+
+def _failure(data: bytes) -> Failure | None:
+    try:
+        return _failure_decoder.decode(data)
+    except _UNREADABLE:
+        return None

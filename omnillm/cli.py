@@ -444,9 +444,14 @@ async def _switch(args: argparse.Namespace, config: Config) -> int:
     ask: dict[str, Any] = {"clear": True} if args.clear else {}
     if args.provider and not args.clear:
         ask["provider"] = args.provider
-    answer = await listings.admin_request(_nats_url(args, config), "switch", ask)
-    if "code" in answer:
-        print(f"omni: {answer['code']}: {answer['message']}", file=sys.stderr)
+    try:
+        answer = await listings.admin_request(_nats_url(args, config), "switch", ask)
+    except OmniLLMError as exc:
+        if type(exc) is not OmniLLMError:
+            raise
+        # A Failure with a code the error tree lacks (unknown_provider): from_code kept
+        # the code in the message, so say `code: message` as `omni switch` always has.
+        print(f"omni: {exc.message}", file=sys.stderr)
         return 1
     provider = answer.get("provider")
     print(

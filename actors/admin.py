@@ -1,9 +1,9 @@
-"""Admin answers on ``omni.v1.admin.providers`` and ``omni.v1.admin.models``.
+"""Admin answers on ``omni.v1.admin.providers``, ``models`` and ``switch``.
 
 The rows are built by pure functions from the running router's settings and the
 shared provider health, so ``omni providers`` shows what the router really serves,
 not what the local config file says. Replies are small and computed at once, so
-the callback answers inline.
+the callback answers inline. The queries and rows are in :mod:`omnillm.bus.admin`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Annotated, Final
+from typing import Final
 
 import anyio
 import msgspec
@@ -19,6 +19,7 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
 from omnillm.bus import subjects
+from omnillm.bus.admin import ModelRow, ProviderRow, SwitchQuery
 from omnillm.bus.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from omnillm.bus.breakers import BreakerBoard, breaker_key
 from omnillm.bus.connection import Bus
@@ -29,57 +30,19 @@ from omnillm.config import Settings
 from omnillm.providers.families import IMPLEMENTED
 from omnillm.providers.registry import BUILTIN_PROVIDERS
 
-__all__ = ["AdminActor", "ModelRow", "ProviderRow", "model_rows", "provider_rows"]
+__all__ = ["AdminActor", "model_rows", "provider_rows"]
 
 log = logging.getLogger("omnillm.admin")
 
 ADMIN_QUEUE: Final = "admin"
 ANSWERS: Final = ("providers", "models", "switch")
-"""The admin subjects this actor answers (the ledger answers ``cost`` and ``stats``)."""
-
-
-class SwitchRequest(msgspec.Struct, forbid_unknown_fields=True):
-    provider: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    """A provider name is one subject token: at most 64 characters."""
-    clear: bool = False
+"""The admin subjects this actor answers (the ledger answers the others)."""
 
 
 _HEALTH_STATES: Final = {
     "free_tier_refused": "refused free tier",
     "auth_failed": "key rejected",
 }
-
-
-class ProviderRow(msgspec.Struct):
-    name: str
-    family: str
-    state: str
-    """``live``, ``no key``, ``needs base_url``, ``disabled``, ``not served``, or what
-    callers saw: ``refused free tier``, ``key rejected``."""
-    reason: str
-    base_url: str
-    models: int
-    circuit: str = "closed"
-    """The provider's breaker: ``closed``, ``open`` or ``half_open``."""
-    ttft_ms: float | None = None
-    """The best observed time to first token among its models (moving average)."""
-    error_rate: float | None = None
-
-
-class ModelRow(msgspec.Struct):
-    id: str
-    provider: str
-    tier: str
-    context_window: int
-    max_output: int
-    input: float
-    cached_input: float | None
-    cache_write: float | None
-    output: float
-    capabilities: list[str]
-    live: bool
-    as_of: str
-    source: str
 
 
 def _state(name: str, settings: Settings, health: Mapping[str, ProviderHealth]) -> tuple[str, str]:
@@ -231,7 +194,7 @@ class AdminActor:
     async def _switch(self, data: bytes) -> bytes:
         """``{"provider": "p"}`` prefers p from now on, ``{"clear": true}`` stops; ``{}`` reads."""
         try:
-            ask = msgspec.json.decode(data or b"{}", type=SwitchRequest)
+            ask = msgspec.json.decode(data or b"{}", type=SwitchQuery)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is the latter
             return msgspec.json.encode(Failure(code="invalid_request", message=str(exc)))
         if ask.clear:

@@ -1,3 +1,4 @@
-"""The bus: messages, subjects, the connection, handoffs and the stream protocol."""
+"""The bus: messages, subjects, the connection, handoffs, admin requests and the stream
+protocol."""
 
 __all__: list[str] = []

@@ -1,4 +1,5 @@
-"""Every message that crosses the bus, as msgspec Structs.
+"""Every message that crosses the bus, as msgspec Structs, but for the admin subjects'
+queries and answers (:mod:`omnillm.bus.admin`).
 
 Payloads are JSON, so a tap or a client in any language can read them. New fields
 always get defaults; ``UNSET`` keeps "not given" apart from ``None`` so adapters

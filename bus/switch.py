@@ -1,6 +1,6 @@
 """``omni switch``: an operator's provider preference, shared through the KV bucket ``omni_config``.
 
-One key, ``switch``, holding ``{"provider": ..., "at": ...}`` (or nothing). Every
+One key, ``switch``, holding a :class:`~omnillm.bus.admin.Switch` (or nothing). Every
 planner reads it at most once a second, so a switch made anywhere applies to the next
 requests everywhere within a second, with no restart.
 """
@@ -16,9 +16,10 @@ import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from omnillm.bus.admin import Switch
 from omnillm.bus.connection import Bus
 
-__all__ = ["BUCKET", "Switch", "SwitchBoard"]
+__all__ = ["BUCKET", "SwitchBoard"]
 
 log = logging.getLogger("omnillm.switch")
 
@@ -26,11 +27,6 @@ BUCKET: Final = "omni_config"
 KEY: Final = "switch"
 MAX_AGE_S: Final = 1.0
 READ_WAIT_S: Final = 1.0
-
-
-class Switch(msgspec.Struct):
-    provider: str | None = None
-    at: float = 0.0
 
 
 _decoder: Final = msgspec.json.Decoder(Switch)

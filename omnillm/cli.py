@@ -36,9 +36,8 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from omnillm import costs, listings, openclaw
-from omnillm.actors.admin import ModelRow, ProviderRow
-from omnillm.actors.ledger.store import GROUPINGS
 from omnillm.bus._login import redact
+from omnillm.bus.admin import GROUPINGS, ModelRow, ProviderRow
 from omnillm.bus.connection import RID_HEADER, Bus
 from omnillm.bus.messages import ChatRequest, Delta, Done, Error, Reset, Start
 from omnillm.client import DEFAULT_NATS_URL, Client, to_request
@@ -453,9 +452,14 @@ async def _switch(args: argparse.Namespace, config: Config) -> int:
     ask: dict[str, Any] = {"clear": True} if args.clear else {}
     if args.provider and not args.clear:
         ask["provider"] = args.provider
-    answer = await listings.admin_request(_nats_url(args, config), "switch", ask)
-    if "code" in answer:
-        print(f"omni: {answer['code']}: {answer['message']}", file=sys.stderr)
+    try:
+        answer = await listings.admin_request(_nats_url(args, config), "switch", ask)
+    except OmniLLMError as exc:
+        if type(exc) is not OmniLLMError:
+            raise
+        # A Failure with a code no class claims (``internal``): from_code kept the code
+        # in the message, so say `code: message` once, as `omni switch` always has.
+        print(f"omni: {exc.message}", file=sys.stderr)
         return 1
     provider = answer.get("provider")
     print(

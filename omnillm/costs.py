@@ -1,8 +1,8 @@
 """``omni cost`` and ``omni stats``: what the ledger recorded, as tables or JSON.
 
-The running ledger answers on ``omni.v1.admin.cost`` and ``omni.v1.admin.stats``.
-Unlike ``omni providers``, there is no local fallback: spend lives only in the
-ledger, so with none answering the command says so (``NoLedger``).
+The running ledger answers on ``omni.v1.admin.cost``, ``stats`` and ``estimates``
+(:mod:`omnillm.bus.admin`). Unlike ``omni providers``, there is no local fallback: spend
+lives only in the ledger, so with none answering the command says so (``NoLedger``).
 """
 
 from __future__ import annotations
@@ -14,17 +14,21 @@ import re
 import time
 from typing import Final, TypeVar
 
-import msgspec
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-
-from omnillm.actors.ledger.actor import CostQuery, CostRow, Grouping, SpendQuery, Stats, StatsQuery
-from omnillm.actors.ledger.store import Estimates
 from omnillm.bus import subjects
 from omnillm.bus._login import redact
+from omnillm.bus.admin import (
+    CostQuery,
+    CostRow,
+    Estimates,
+    Grouping,
+    Query,
+    SpendQuery,
+    Stats,
+    StatsQuery,
+    ask,
+)
 from omnillm.bus.connection import Bus
-from omnillm.bus.messages import Failure
-from omnillm.errors import InvalidRequest, OmniLLMError, RoutingError, from_code
+from omnillm.errors import InvalidRequest, NoAnswer, NoRouter, RoutingError
 from omnillm.listings import table
 
 __all__ = [
@@ -38,7 +42,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-_ASK_TIMEOUT_S: Final = 5.0
+_ASK_WAIT_S: Final = 5.0
+"""Longer than an admin ask's default: the ledger answers from SQLite one call at a time,
+so a query can wait behind a batch being written, and stats over a long history read
+every row."""
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _COUNT_FIELDS: Final = (
@@ -97,26 +104,17 @@ async def fetch_stats(url: str, since: float | None = None, reference: str | Non
     return await _ask(url, "stats", StatsQuery(since=since, reference=reference), Stats)
 
 
-async def _ask(url: str, what: str, query: msgspec.Struct, answer: type[T]) -> T:
+async def _ask(url: str, what: str, query: Query, answer: type[T]) -> T:
     subject = subjects.admin(what)
     bus = await Bus.connect(url, name="omnillm-cli", connect_wait_s=1.0)  # NatsUnreachable
     try:
-        reply = await bus.nc.request(subject, msgspec.json.encode(query), timeout=_ASK_TIMEOUT_S)
-    except (NoRespondersError, NatsTimeoutError) as exc:
+        return await ask(bus, subject, query, answer, wait_s=_ASK_WAIT_S)
+    except (NoRouter, NoAnswer) as exc:
         raise NoLedger(
             f"no ledger answered on {subject} at {redact(url)}: is `omni up` running?"
         ) from exc
     finally:
         await bus.close()
-    try:
-        return msgspec.json.decode(reply.data, type=answer)
-    except msgspec.DecodeError:
-        pass
-    try:
-        failure = msgspec.json.decode(reply.data, type=Failure)
-    except msgspec.DecodeError:
-        raise OmniLLMError(f"unexpected answer on {subject}: {reply.data[:200]!r}") from None
-    raise from_code(failure.code, failure.message)
 
 
 def _usd(value: float | None) -> str | None:

@@ -28,6 +28,7 @@
     │   ├── NoRouter                  nobody listens on ``omni.v1.request``
     │   ├── NoCaller                  no caller process for a provider (no responders, busy)
     │   ├── RouterBusy                every classifier worker busy and its backlog full (``busy``)
+    │   ├── NoAnswer                  an admin subject's responder did not answer in time
     │   └── NoLedger ¹                nothing answers the cost and stats admin requests
     ├── StreamError                   the token stream broke (never presented as a full answer)
     │   ├── FirstFrameTimeout         nothing arrived within the first-frame limit
@@ -109,6 +110,7 @@ __all__ = [
     "MalformedResponse",
     "ModelNotAllowed",
     "ModelNotFound",
+    "NoAnswer",
     "NoCaller",
     "NoCandidates",
     "NoRouter",
@@ -203,6 +205,7 @@ CODES: Final[Mapping[str, ErrorCode]] = _table(
     ErrorCode("no_router", 503, _API, 529, _OVERLOADED),
     ErrorCode("no_caller", 503, _API, 529, _OVERLOADED),
     ErrorCode("busy", 503, _API, 529, _OVERLOADED),
+    ErrorCode("no_answer", 504, _API, 500, _API),
     ErrorCode("stream_error", 502, _API, 500, _API),
     ErrorCode("first_frame_timeout", 504, _API, 500, _API),
     ErrorCode("stream_stalled", 504, _API, 500, _API),
@@ -364,6 +367,12 @@ class NoCaller(RoutingError):
 
 class RouterBusy(RoutingError):
     code = "busy"
+
+
+class NoAnswer(RoutingError):
+    """Something listens on an admin subject but did not answer within the wait."""
+
+    code = "no_answer"
 
 
 class StreamError(OmniLLMError):

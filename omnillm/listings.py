@@ -1,32 +1,28 @@
 """``omni providers`` and ``omni models``: what the router serves, as tables or JSON.
 
-The running router answers on ``omni.v1.admin.<what>``, so the listing reflects its
-config and what its callers saw. With no router reachable, the listing is built from
-the local config instead, and says so.
+The running router answers on ``omni.v1.admin.<what>`` (:mod:`omnillm.bus.admin`), so
+the listing reflects its config and what its callers saw. With no router reachable, the
+listing is built from the local config instead, and says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
-import msgspec
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-
-from omnillm.actors.admin import ModelRow, ProviderRow, model_rows, provider_rows
+from omnillm.actors.admin import model_rows, provider_rows
 from omnillm.bus import subjects
 from omnillm.bus._login import redact
+from omnillm.bus.admin import ModelRow, ProviderRow, ask
 from omnillm.bus.connection import Bus, NatsUnreachable
 from omnillm.bus.health import HealthBoard
 from omnillm.bus.messages import ProviderHealth
 from omnillm.config import Settings
-from omnillm.errors import NoRouter
+from omnillm.errors import NoAnswer, NoRouter
 
 __all__ = ["fetch", "render_models", "render_providers", "table"]
 
 Row = TypeVar("Row", ProviderRow, ModelRow)
-_ASK_TIMEOUT_S: Final = 2.0
 
 
 async def fetch(
@@ -41,9 +37,8 @@ async def fetch(
     except NatsUnreachable:
         return local({}), f"no NATS at {redact(url)}: showing the local config"
     try:
-        reply = await bus.nc.request(subjects.admin(what), b"", timeout=_ASK_TIMEOUT_S)
-        return msgspec.json.decode(reply.data, type=rows_type), None
-    except (NoRespondersError, NatsTimeoutError):
+        return await ask(bus, subjects.admin(what), b"", rows_type), None
+    except (NoRouter, NoAnswer):
         health = await HealthBoard(bus).all()
         return local(health), f"no router answered at {redact(url)}: showing the local config"
     finally:
@@ -51,21 +46,18 @@ async def fetch(
 
 
 async def admin_request(url: str, what: str, body: dict[str, Any]) -> dict[str, Any]:
-    """One admin request to the running router; a clear error when none answers."""
+    """One admin request to the running router; a clear error when none answers, and
+    the error a ``Failure`` answer stands for."""
     try:
         bus = await Bus.connect(url, name="omnillm-cli", connect_wait_s=1.0)
     except NatsUnreachable as exc:
         raise NoRouter(f"no NATS at {redact(url)}: is `omni up` running?") from exc
     try:
-        reply = await bus.nc.request(
-            subjects.admin(what), msgspec.json.encode(body), timeout=_ASK_TIMEOUT_S
-        )
-    except (NoRespondersError, NatsTimeoutError) as exc:
+        return await ask(bus, subjects.admin(what), body, dict[str, Any])
+    except (NoRouter, NoAnswer) as exc:
         raise NoRouter(f"no router answered on {subjects.admin(what)} at {redact(url)}") from exc
     finally:
         await bus.close()
-    answer: dict[str, Any] = msgspec.json.decode(reply.data)
-    return answer
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

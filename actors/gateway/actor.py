@@ -8,6 +8,8 @@ or one ``chat.completion``. Routes:
 - ``POST /v1/chat/completions``: parsed by :mod:`.openai_in`, answered by :mod:`.answers`
   (streamed or not) in the chunks :mod:`.openai_out` renders;
 - ``GET /v1/models``: the aliases and the live catalog models, in OpenAI's list format;
+- ``GET|POST /v1/admin/<what>``: the ``omni.v1.admin.<what>`` answer (see
+  :mod:`omnillm.bus.admin`) as the bus gave it, a ``Failure`` too; 503 when none answers;
 - ``GET /healthz``: 200 while the NATS connection is up, else 503.
 
 **Status first, then tokens.** A stream's ``200`` goes out with its first frame (the
@@ -72,6 +74,7 @@ from omnillm.actors.gateway.openai_in import parse_chat as parse_openai_chat
 from omnillm.actors.gateway.sockets import check_free, listen, steer_to_others
 from omnillm.actors.planner.actor import ALIAS_NAMES
 from omnillm.bus import subjects
+from omnillm.bus.admin import ask
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import ChatRequest
 from omnillm.client import Client
@@ -79,6 +82,8 @@ from omnillm.config import GatewayKey, Settings
 from omnillm.errors import (
     InvalidRequest,
     KeyRefused,
+    NoAnswer,
+    NoRouter,
     OmniLLMError,
     RequestTooLarge,
 )
@@ -288,11 +293,13 @@ class GatewayActor:
             body = await self._admin_body(request)
         except OmniLLMError as exc:
             return error_response(exc.code, exc.message)
-        try:
-            reply = await self.bus.nc.request(subjects.admin(what), body or b"{}", timeout=2.0)
-        except (NoRespondersError, NatsTimeoutError):
+        try:  # Raw: a Failure goes back as it came, for the tool to read
+            answer = await ask(self.bus, subjects.admin(what), body or b"{}", msgspec.Raw)
+        except (NoRouter, NoAnswer):
             return error_response("no_router", f"nothing answers {subjects.admin(what)}")
-        return Response(reply.data, media_type=JSON)
+        except OmniLLMError as exc:
+            return error_response(exc.code, exc.message)
+        return Response(bytes(answer), media_type=JSON)
 
     async def _admin_body(self, request: Request) -> bytes:
         """The query as JSON, or a POST's body (the admin actor checks it is JSON)."""

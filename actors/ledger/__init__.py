@@ -1,5 +1,6 @@
-"""The ledger actor (:mod:`.actor`) and its SQLite store (:mod:`.store`), which the planner's
-estimates and ``omni cost``/``omni stats`` read too."""
+"""The ledger actor (:mod:`.actor`) and its SQLite store (:mod:`.store`). The planner's
+estimates and budgets and ``omni cost``/``omni stats`` ask it over the admin subjects
+(:mod:`omnillm.bus.admin`)."""
 
 from omnillm.actors.ledger.actor import LedgerActor
 

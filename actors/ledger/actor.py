@@ -25,10 +25,8 @@ the same SQLite file (WAL, each batch one short transaction), which is fine on o
 machine. Ledgers on different machines would each hold only part of the events in
 their own file: run one per deployment, or point them all at one server database.
 
-It also answers ``omni.v1.admin.cost`` (``{"by": "provider", "since": null}``) and
-``omni.v1.admin.stats`` (``{"since": null, "reference": null}``) in queue group
-``ledger``, from the store, as JSON: a list of ``CostRow``, a ``Stats``, or a
-``Failure``. ``since`` is unix time; null means all time.
+It also answers ``omni.v1.admin.cost``, ``stats``, ``spend`` and ``estimates`` in queue
+group ``ledger``, from the store; the queries and answers are in :mod:`omnillm.bus.admin`.
 
 Without JetStream nothing is consumed (one warning); the admin answers still come
 from whatever the store holds. The ledger tries again every ``REOPEN_S``, so one that
@@ -50,26 +48,16 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from omnillm.actors.ledger.store import GROUPINGS, CostRow, Grouping, LedgerStore, Stats
+from omnillm.actors.ledger.store import LedgerStore
 from omnillm.bus import subjects
+from omnillm.bus.admin import CostQuery, Spend, SpendQuery, StatsQuery
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import Failure, Usage
 from omnillm.bus.usage import STREAM, SUBJECTS, UsageReader, decode_usage, ensure_stream
 from omnillm.config import Settings
 from omnillm.providers.catalog import ModelSpec
 
-__all__ = [
-    "CONSUMER",
-    "GROUPINGS",
-    "LEDGER_QUEUE",
-    "CostQuery",
-    "CostRow",
-    "Grouping",
-    "LedgerActor",
-    "LedgerStore",
-    "Stats",
-    "StatsQuery",
-]
+__all__ = ["CONSUMER", "LEDGER_QUEUE", "LedgerActor", "LedgerStore"]
 
 log = logging.getLogger("omnillm.ledger")
 
@@ -89,28 +77,6 @@ REOPEN_S: Final = 5.0
 """The wait between tries while the consumer was never opened (no JetStream, or not yet)."""
 
 T = TypeVar("T")
-
-
-class CostQuery(msgspec.Struct, forbid_unknown_fields=True):
-    by: Grouping = "provider"
-    since: float | None = None
-
-
-class SpendQuery(msgspec.Struct, forbid_unknown_fields=True):
-    """USD spent since a time, by one gateway key (``key``) or by everyone (None)."""
-
-    since: float | None = None
-    key: str | None = None
-
-
-class Spend(msgspec.Struct):
-    cost_usd: float
-
-
-class StatsQuery(msgspec.Struct, forbid_unknown_fields=True):
-    since: float | None = None
-    reference: str | None = None
-    """A catalog model id to price the same tokens on; None: the ledger's default."""
 
 
 class LedgerActor:

@@ -45,6 +45,9 @@ One writer transaction per batch, ``INSERT OR IGNORE`` on ``event_id``: a redeli
 event is never counted twice. WAL mode, so queries never wait for a batch, and two
 ledger processes sharing the file take turns (``busy_timeout``). Connections are
 thread-safe here (one lock), so the actor runs every call in a worker thread.
+
+Queries answer in the admin wire types (``CostRow``, ``Stats``, ``Estimates``, in
+:mod:`omnillm.bus.admin`), which the ledger sends as they are.
 """
 
 from __future__ import annotations
@@ -57,18 +60,25 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
 
 import msgspec
 
+from omnillm.bus.admin import (
+    GROUPINGS,
+    CostRow,
+    Estimates,
+    Grouping,
+    InputEstimate,
+    OutputExpectation,
+    Stats,
+)
 from omnillm.bus.messages import TokenUsage, Usage
 from omnillm.bus.usage import event_id
 from omnillm.providers.catalog import ModelSpec, cost_usd, rates_for
 
-__all__ = ["GROUPINGS", "CostRow", "Grouping", "LedgerStore", "Stats", "nearest_rank"]
+__all__ = ["LedgerStore", "nearest_rank"]
 
-Grouping = Literal["provider", "model", "day", "key", "tier"]
-GROUPINGS: Final[tuple[str, ...]] = get_args(Grouping)
 BUSY_TIMEOUT_S: Final = 10.0
 _ALL_TIME: Final = float("-inf")
 _NO_THRESHOLD: Final = 2**62
@@ -150,68 +160,6 @@ _GROUP_COLUMNS: Final[dict[str, str]] = {
     "key": "key",
     "tier": "tier",
 }
-
-
-class InputEstimate(msgspec.Struct):
-    factor: float
-    """Provider-counted input tokens over the router's estimate (1.0: spot on)."""
-    error: float
-    """Mean absolute error of the estimate, as a fraction of the real count."""
-    samples: int
-
-
-class OutputExpectation(msgspec.Struct):
-    output_tokens: int
-    samples: int
-
-
-class Estimates(msgspec.Struct):
-    providers: dict[str, InputEstimate] = {}
-    tiers: dict[str, OutputExpectation] = {}
-
-
-class CostRow(msgspec.Struct):
-    """Spend of one group (a provider, a model, a day, a key or a tier)."""
-
-    group: str
-    requests: int
-    attempts: int
-    errors: int
-    """Failed attempts in this group."""
-    input_tokens: int
-    cached_input_tokens: int
-    cache_write_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    cost_usd: float
-
-
-class Stats(msgspec.Struct):
-    """The router's record since a time: requests, failures, speed, tokens, money."""
-
-    since: float | None
-    requests: int
-    errors: int
-    """Requests none of whose attempts succeeded."""
-    fallbacks: int
-    """Requests with more than one attempt."""
-    attempts: int
-    failed_attempts: int
-    retries: int
-    """Upstream calls beyond the first within an attempt."""
-    ttft_p50_ms: float | None
-    ttft_p95_ms: float | None
-    input_tokens: int
-    cached_input_tokens: int
-    cache_write_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    cost_usd: float
-    reference_model: str | None = None
-    reference_cost_usd: float | None = None
-    """What the same token counts would have cost on ``reference_model``."""
-    savings_usd: float | None = None
-    """``reference_cost_usd - cost_usd``; negative when routing cost more."""
 
 
 def nearest_rank(count: int, fraction: float) -> int:

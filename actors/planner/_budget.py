@@ -15,19 +15,18 @@ import time
 from dataclasses import dataclass
 from typing import Final, Literal
 
-import msgspec
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-
 from omnillm.bus import subjects
+from omnillm.bus.admin import Spend, SpendQuery, ask
 from omnillm.bus.connection import Bus
 from omnillm.config import Settings
+from omnillm.errors import OmniLLMError
 
 __all__ = ["BudgetGuard", "Verdict", "window_start"]
 
 log = logging.getLogger("omnillm.budget")
 
-ASK_TIMEOUT_S: Final = 1.0
+ASK_WAIT_S: Final = 1.0
+"""Shorter than an admin ask's default: a client's request waits on this answer."""
 
 Window = Literal["day", "month"]
 
@@ -90,14 +89,13 @@ class BudgetGuard:
         cached = self._cache.get((since, key))
         if cached is not None and time.monotonic() - cached[0] < self.max_age_s:
             return cached[1]
-        ask = msgspec.json.encode({"since": since, "key": key})
+        query = SpendQuery(since=since, key=key)
         try:
-            reply = await self.bus.nc.request(subjects.admin("spend"), ask, timeout=ASK_TIMEOUT_S)
-            spent = float(msgspec.json.decode(reply.data)["cost_usd"])
-        except (NoRespondersError, NatsTimeoutError, KeyError, msgspec.DecodeError) as exc:
+            answer = await ask(self.bus, subjects.admin("spend"), query, Spend, wait_s=ASK_WAIT_S)
+        except OmniLLMError as exc:  # none answers, too late, a Failure, a wrong answer
             if not self._warned:
                 log.warning("budgets are not enforced: no ledger answered (%r)", exc)
                 self._warned = True
             return None
-        self._cache[(since, key)] = (time.monotonic(), spent)
-        return spent
+        self._cache[(since, key)] = (time.monotonic(), answer.cost_usd)
+        return answer.cost_usd

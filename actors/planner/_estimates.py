@@ -13,13 +13,10 @@ import logging
 import time
 from typing import Final
 
-import msgspec
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-
-from omnillm.actors.ledger.store import Estimates
 from omnillm.bus import subjects
+from omnillm.bus.admin import Estimates, SpendQuery, ask
 from omnillm.bus.connection import Bus
+from omnillm.errors import OmniLLMError
 
 __all__ = ["MIN_SAMPLES", "EstimateSource"]
 
@@ -29,7 +26,8 @@ MIN_SAMPLES: Final = 20
 """Answers a figure needs behind it before it replaces the default."""
 WINDOW_S: Final = 7 * 86400.0
 """Only the last week counts: models and prompts change."""
-ASK_TIMEOUT_S: Final = 1.0
+ASK_WAIT_S: Final = 1.0
+"""Shorter than an admin ask's default: a client's request waits on this answer."""
 
 
 class EstimateSource:
@@ -44,12 +42,11 @@ class EstimateSource:
         if time.monotonic() - self._read_at < self.refresh_s:
             return self._estimates
         self._read_at = time.monotonic()
-        ask = msgspec.json.encode({"since": time.time() - WINDOW_S})
+        query = SpendQuery(since=time.time() - WINDOW_S)
         try:
-            reply = await self.bus.nc.request(
-                subjects.admin("estimates"), ask, timeout=ASK_TIMEOUT_S
+            self._estimates = await ask(
+                self.bus, subjects.admin("estimates"), query, Estimates, wait_s=ASK_WAIT_S
             )
-            self._estimates = msgspec.json.decode(reply.data, type=Estimates)
-        except (NoRespondersError, NatsTimeoutError, msgspec.DecodeError) as exc:
+        except OmniLLMError as exc:  # none answers, too late, a Failure, a wrong answer
             log.debug("no estimates from a ledger: %r", exc)
         return self._estimates

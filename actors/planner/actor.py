@@ -19,10 +19,10 @@ from nats.aio.msg import Msg
 from omnillm.actors._dispatch import dispatch, fail_request
 from omnillm.actors.base import HandoffActor
 from omnillm.actors.boards import Boards
-from omnillm.actors.ledger.store import Estimates
 from omnillm.actors.planner._budget import BudgetGuard
 from omnillm.actors.planner._estimates import MIN_SAMPLES, EstimateSource
 from omnillm.bus import subjects
+from omnillm.bus.admin import Estimates
 from omnillm.bus.breakers import breaker_key
 from omnillm.bus.connection import Bus
 from omnillm.bus.dedup import DedupBoard

@@ -28,7 +28,8 @@ import pytest
 from nats.js.api import StreamConfig
 from nats.js.errors import BadRequestError
 
-from omnillm.actors.ledger.actor import LedgerActor, Stats
+from omnillm.actors.ledger.actor import LedgerActor
+from omnillm.bus.admin import Stats
 from omnillm.bus.connection import Bus
 from omnillm.bus.usage import STREAM, ensure_stream
 from omnillm.embedded import find_nats_server

@@ -15,7 +15,8 @@ import msgspec
 import pytest
 
 from omnillm import embedded
-from omnillm.actors.ledger.actor import CONSUMER, CostRow, LedgerActor, LedgerStore, Stats
+from omnillm.actors.ledger.actor import CONSUMER, LedgerActor, LedgerStore
+from omnillm.bus.admin import CostRow, Stats
 from omnillm.bus.connection import Bus
 from omnillm.bus.messages import Failure, TokenUsage, Usage
 from omnillm.bus.usage import (

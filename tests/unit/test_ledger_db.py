@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from omnillm.actors.ledger.store import GROUPINGS, LedgerStore, nearest_rank
+from omnillm.actors.ledger.store import LedgerStore, nearest_rank
+from omnillm.bus.admin import GROUPINGS
 from omnillm.bus.messages import TokenUsage, Usage
 from omnillm.costs import InvalidSince, parse_since, render_cost, render_stats
 from omnillm.providers.catalog import ModelSpec, cost_usd, load_builtin_catalog

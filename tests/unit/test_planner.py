@@ -481,8 +481,8 @@ def test_the_route_names_what_was_skipped_and_why() -> None:
 
 
 def test_estimated_cost_uses_the_ledgers_calibration_once_it_has_enough_answers() -> None:
-    from omnillm.actors.ledger.store import Estimates, InputEstimate, OutputExpectation
     from omnillm.actors.planner.actor import make_plan
+    from omnillm.bus.admin import Estimates, InputEstimate, OutputExpectation
 
     settings = _aliases_settings()
     request = _ask("acme/tiny")

@@ -136,7 +136,7 @@ def model_rows(settings: Settings) -> list[ModelRow]:
 
 
 class AdminActor:
-    """Answers admin requests for the CLI and (later) the HTTP admin routes."""
+    """Answers admin requests for the CLI and the gateway's HTTP admin routes."""
 
     name = "admin"
 

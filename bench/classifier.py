@@ -3,7 +3,7 @@
 Two workloads: every prompt of the evaluation set (``eval/prompts.jsonl``, built into
 requests as the evaluation builds them), and an OpenClaw-like agent request: a
 50,000-character system prompt, 12 tools with JSON-schema parameters, a history of
-tool calls and a 200-character last user turn. The budget (DESIGN.md §6) is 100
+tool calls and a 200-character last user turn. The budget (docs/architecture.md, routing) is 100
 microseconds a request. Run from the repository root::
 
     python -m bench.classifier [--rounds 200]

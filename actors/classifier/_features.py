@@ -10,7 +10,7 @@ and code) read only the words that ask: fenced code and pasted material (an arti
 an e-mail after "Summarise this:") are left out, since their words describe the
 material, not the request.
 
-Speed is a contract (DESIGN.md §6: under 100 microseconds a request), so the text is
+Speed is a contract (under 100 microseconds a request), so the text is
 lower-cased and split into words once and most features are set intersections over those
 words; only structure (code, lists, formulas) takes a regular expression. A turn longer
 than ``SCAN_HEAD + SCAN_TAIL`` characters is read at both ends only: the ask is nearly

@@ -1,6 +1,6 @@
 """The classifier: sorts a request into a tier and its hard needs, then hands it to a planner.
 
-The tier comes from a transparent weighted score (DESIGN.md §6): named features of the
+The tier comes from a transparent weighted score: named features of the
 last user turn (see ``_features``), each contributing amount x weight, summed and cut
 by three thresholds into simple | medium | complex | reasoning. The system prompt is
 never read (agent frameworks send tens of thousands of keyword-heavy characters there)

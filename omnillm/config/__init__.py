@@ -1,4 +1,4 @@
-"""The user-facing config (DESIGN.md §11) and the resolved view the actors use.
+"""The user-facing config and the resolved view the actors use.
 
 :func:`load_config` reads one YAML or JSON file (or none: every field has a default),
 applies the ``OMNI_*`` environment overrides and checks what types cannot say. Every

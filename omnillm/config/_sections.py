@@ -159,7 +159,7 @@ class LogConfig(_Section, frozen=True):
 
 
 class ClassifierConfig(_Section, frozen=True):
-    """How the classifier scores a request (DESIGN.md §6).
+    """How the classifier scores a request (docs/architecture.md, routing).
 
     ``weights`` overrides the built-in feature weights by name (``length``, ``code``,
     ``math``, ``proof``, ``steps``, ``task``, ``explain``, ``reasoning``, ``questions``,

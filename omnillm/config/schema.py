@@ -1,4 +1,4 @@
-"""The file's shape (DESIGN.md §11): :class:`Config`, its root, and every section as a
+"""The file's shape: :class:`Config`, its root, and every section as a
 msgspec Struct. A key the schema does not know is an error, not a silently ignored setting.
 
 This module holds the sections that say where requests may go (``providers:``,
